@@ -1,0 +1,430 @@
+"""A tiny synthetic "concept world" for offline concept-erasure experiments.
+
+Every image is a 32x32 RGB picture of one foreground object described by three
+independent concept dimensions:
+
+* ``shape``   - circle, square, triangle, star, cross (the "objects"),
+* ``colour``  - red, green, blue, yellow,
+* ``pattern`` - solid, striped, dotted, checkered (the "artistic styles").
+
+Size, position, rotation, exact hue and the grey-scale background (dark, mid
+grey or light, with a little noise) vary from image to image.  Backgrounds are
+always achromatic so they cannot be confused with the four colours.  Patterns
+alternate the object's colour with a darker shade (on light/mid backgrounds)
+or a lighter tint (on dark backgrounds) of the same hue, so the silhouette of
+the object stays visible whatever the pattern.
+
+Captions
+--------
+Captions are built from a *noun phrase* (e.g. ``"striped crimson star"``)
+wrapped in a *template* (e.g. ``"a picture of a {np}"``).  Captions may omit
+dimensions (``"a red shape"``, ``"a star"``, ``"striped"``) so that
+single-concept prompts are meaningful, and an empty caption is produced
+~10 % of the time for classifier-free guidance.
+
+Phrasings are split in two disjoint sets:
+
+* ``"train"``    - :data:`TEMPLATES_TRAIN` x :data:`SYNONYMS_TRAIN`: what an
+  erasure method is allowed to see;
+* ``"held-out"`` - any phrasing using a template of :data:`TEMPLATES_HELD_OUT`
+  or a synonym of :data:`SYNONYMS_HELD_OUT`: kept for measuring how an
+  erasure generalises to unseen phrasings.
+
+The bundled base model is trained on the train templates with *all* synonyms
+(a text encoder trained from scratch cannot guess the meaning of a word it has
+never seen), so held-out synonyms are known to the base model but unseen by an
+erasure method, while held-out templates are unseen by both.
+
+Everything uses numpy and PIL only and is deterministic given a
+``numpy.random.Generator``.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import itertools
+import math
+import re
+from typing import Iterable, Literal
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+IMAGE_SIZE = 32
+_SUPERSAMPLE = 4
+
+DIMENSIONS: tuple[str, ...] = ("shape", "colour", "pattern")
+
+CONCEPTS: dict[str, list[str]] = {
+    "shape": ["circle", "square", "triangle", "star", "cross"],
+    "colour": ["red", "green", "blue", "yellow"],
+    "pattern": ["solid", "striped", "dotted", "checkered"],
+}
+
+SYNONYMS_TRAIN: dict[str, list[str]] = {
+    "circle": ["circle", "disc"],
+    "square": ["square", "box"],
+    "triangle": ["triangle", "wedge"],
+    "star": ["star", "pentagram"],
+    "cross": ["cross", "plus"],
+    "red": ["red", "crimson", "scarlet"],
+    "green": ["green", "emerald", "lime"],
+    "blue": ["blue", "azure", "cobalt"],
+    "yellow": ["yellow", "golden", "lemon"],
+    "solid": ["solid", "flat"],
+    "striped": ["striped", "stripy", "lined"],
+    "dotted": ["dotted", "spotted"],
+    "checkered": ["checkered", "chequered", "checked"],
+}
+
+SYNONYMS_HELD_OUT: dict[str, list[str]] = {
+    "circle": ["orb"],
+    "square": ["tile"],
+    "triangle": ["pyramid"],
+    "star": ["starburst"],
+    "cross": ["crucifix"],
+    "red": ["ruby"],
+    "green": ["jade"],
+    "blue": ["sapphire"],
+    "yellow": ["canary"],
+    "solid": ["uniform"],
+    "striped": ["banded"],
+    "dotted": ["polkadot"],
+    "checkered": ["chessboard"],
+}
+
+GENERIC_NOUNS: list[str] = ["shape", "object"]
+"""Nouns standing in for the shape when a caption does not name it."""
+
+TEMPLATES_TRAIN: list[str] = [
+    "{np}",
+    "a {np}",
+    "a picture of a {np}",
+    "an image of a {np}",
+    "a drawing of a {np}",
+    "a {np} on a plain background",
+    "a simple {np} icon",
+]
+
+TEMPLATES_HELD_OUT: list[str] = [
+    "an icon of a {np}",
+    "{np}, simple drawing",
+    "a plain picture of a {np}",
+    "the image shows a {np}",
+]
+
+Split = Literal["train", "held-out", "all"]
+
+_HUES: dict[str, float] = {"red": 0.0, "yellow": 55.0, "green": 125.0, "blue": 225.0}
+_PATTERN_PERIOD = 7.0
+_DOT_RADIUS = 1.8
+
+
+def concept_dimension(concept: str) -> str:
+    """Return the dimension (``"shape"``, ``"colour"`` or ``"pattern"``) of ``concept``."""
+    for dim, names in CONCEPTS.items():
+        if concept in names:
+            return dim
+    raise KeyError(f"unknown concept {concept!r}")
+
+
+def all_concepts() -> list[str]:
+    """Return the 13 concepts, in dimension order."""
+    return [c for dim in DIMENSIONS for c in CONCEPTS[dim]]
+
+
+def synonyms(concept: str, split: Split = "all") -> list[str]:
+    """Return the words naming ``concept`` in the given split."""
+    train = SYNONYMS_TRAIN[concept]
+    held = SYNONYMS_HELD_OUT[concept]
+    return {"train": train, "held-out": held, "all": train + held}[split]
+
+
+def templates(split: Split = "all") -> list[str]:
+    """Return the caption templates of the given split."""
+    return {
+        "train": TEMPLATES_TRAIN,
+        "held-out": TEMPLATES_HELD_OUT,
+        "all": TEMPLATES_TRAIN + TEMPLATES_HELD_OUT,
+    }[split]
+
+
+# --------------------------------------------------------------------------- #
+# Rendering
+# --------------------------------------------------------------------------- #
+
+
+def sample_attributes(rng: np.random.Generator) -> tuple[str, str, str]:
+    """Draw a uniformly random ``(shape, colour, pattern)`` triple."""
+    return tuple(CONCEPTS[d][int(rng.integers(len(CONCEPTS[d])))] for d in DIMENSIONS)  # type: ignore[return-value]
+
+
+def _colour_rgb(colour: str, rng: np.random.Generator) -> np.ndarray:
+    """Return a jittered RGB triple in [0, 1] for a colour concept."""
+    hue = (_HUES[colour] + rng.uniform(-7.0, 7.0)) % 360.0
+    sat = rng.uniform(0.75, 1.0)
+    val = rng.uniform(0.8, 1.0)
+    return np.array(colorsys.hsv_to_rgb(hue / 360.0, sat, val), dtype=np.float32)
+
+
+def _background(rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """Return an achromatic background colour and its luminance."""
+    band = int(rng.integers(3))
+    lum = float(rng.uniform(*[(0.02, 0.22), (0.38, 0.58), (0.75, 0.98)][band]))
+    tint = rng.uniform(-0.015, 0.015, size=3)
+    return np.clip(lum + tint, 0.0, 1.0).astype(np.float32), lum
+
+
+def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    """Return the vertices of a polygonal shape (square, triangle, star, cross)."""
+    if shape == "square":
+        pts = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
+        pts = [(0.78 * x, 0.78 * y) for x, y in pts]
+    elif shape == "triangle":
+        pts = [(math.cos(math.radians(-90 + 120 * k)), math.sin(math.radians(-90 + 120 * k))) for k in range(3)]
+        pts = [(x * 1.1, y * 1.1 + 0.2) for x, y in pts]
+    elif shape == "star":
+        pts = []
+        for k in range(10):
+            rad = 1.0 if k % 2 == 0 else 0.45
+            a = math.radians(-90 + 36 * k)
+            pts.append((rad * math.cos(a), rad * math.sin(a)))
+    elif shape == "cross":
+        w = 0.34
+        pts = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w)]
+    else:
+        raise KeyError(f"unknown polygonal shape {shape!r}")
+    ca, sa = math.cos(angle), math.sin(angle)
+    return [(cx + r * (x * ca - y * sa), cy + r * (x * sa + y * ca)) for x, y in pts]
+
+
+def _shape_mask(shape: str, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Rasterise a randomly placed shape into a float mask of ``size`` x ``size``."""
+    unit = size / IMAGE_SIZE
+    r = rng.uniform(8.0, 12.5)
+    cx = rng.uniform(r + 1.0, IMAGE_SIZE - r - 1.0)
+    cy = rng.uniform(r + 1.0, IMAGE_SIZE - r - 1.0)
+    angle = math.radians(rng.uniform(-15.0, 15.0))
+    canvas = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(canvas)
+    if shape == "circle":
+        rc = 0.9 * r * unit
+        draw.ellipse([cx * unit - rc, cy * unit - rc, cx * unit + rc, cy * unit + rc], fill=255)
+    else:
+        draw.polygon([(x * unit, y * unit) for x, y in _polygon(shape, cx, cy, r, angle)], fill=255)
+    return np.asarray(canvas, dtype=np.float32) / 255.0
+
+
+def _pattern_mask(pattern: str, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Return a {0, 1} mask where the pattern's secondary tone is painted."""
+    coords = (np.arange(size, dtype=np.float32) + 0.5) * (IMAGE_SIZE / size)
+    yy, xx = np.meshgrid(coords, coords, indexing="ij")
+    p = _PATTERN_PERIOD
+    ox, oy = rng.uniform(0.0, p, size=2)
+    if pattern == "solid":
+        return np.zeros((size, size), dtype=np.float32)
+    if pattern == "striped":
+        along = yy if rng.random() < 0.5 else xx
+        return (((along + oy) % p) < p / 2).astype(np.float32)
+    if pattern == "dotted":
+        dx = (xx + ox) % p - p / 2
+        dy = (yy + oy) % p - p / 2
+        return (dx * dx + dy * dy < _DOT_RADIUS**2).astype(np.float32)
+    if pattern == "checkered":
+        return ((((xx + ox) // (p / 2)) + ((yy + oy) // (p / 2))) % 2).astype(np.float32)
+    raise KeyError(f"unknown pattern {pattern!r}")
+
+
+def render_array(shape: str, colour: str, pattern: str, rng: np.random.Generator) -> np.ndarray:
+    """Render one scene as a ``(32, 32, 3)`` uint8 array.
+
+    Args:
+        shape: one of ``CONCEPTS["shape"]``.
+        colour: one of ``CONCEPTS["colour"]``.
+        pattern: one of ``CONCEPTS["pattern"]``.
+        rng: source of all randomness (size, position, hue, background, noise).
+    """
+    size = IMAGE_SIZE * _SUPERSAMPLE
+    bg, lum = _background(rng)
+    primary = _colour_rgb(colour, rng)
+    secondary = primary * 0.38 if lum > 0.33 else 0.45 * primary + 0.55
+    mask = _shape_mask(shape, rng, size)[..., None]
+    pmask = _pattern_mask(pattern, rng, size)[..., None]
+    fg = primary * (1.0 - pmask) + secondary * pmask
+    hi = bg * (1.0 - mask) + fg * mask
+    lo = hi.reshape(IMAGE_SIZE, _SUPERSAMPLE, IMAGE_SIZE, _SUPERSAMPLE, 3).mean(axis=(1, 3))
+    lo = lo + rng.normal(0.0, rng.uniform(0.0, 0.02), size=lo.shape)
+    return np.clip(np.round(lo * 255.0), 0, 255).astype(np.uint8)
+
+
+def render(shape: str, colour: str, pattern: str, rng: np.random.Generator) -> Image.Image:
+    """Render one scene as a 32x32 RGB :class:`PIL.Image.Image` (see :func:`render_array`)."""
+    return Image.fromarray(render_array(shape, colour, pattern, rng), mode="RGB")
+
+
+def render_dataset(n: int, seed: int) -> tuple[np.ndarray, list[tuple[str, str, str]]]:
+    """Render ``n`` random scenes.
+
+    Returns:
+        ``(images, attributes)``: an ``(n, 32, 32, 3)`` uint8 array and the list
+        of ``(shape, colour, pattern)`` triples.
+    """
+    rng = np.random.default_rng(seed)
+    images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    attrs: list[tuple[str, str, str]] = []
+    for i in range(n):
+        a = sample_attributes(rng)
+        images[i] = render_array(*a, rng)
+        attrs.append(a)
+    return images, attrs
+
+
+# --------------------------------------------------------------------------- #
+# Captions
+# --------------------------------------------------------------------------- #
+
+
+def _article(text: str) -> str:
+    """Fix ``a`` / ``an`` in front of vowel-initial words."""
+    return re.sub(r"\b([Aa])n? (?=[A-Za-z])([A-Za-z])", lambda m: m.group(1) + ("n " if m.group(2).lower() in "aeiou" else " ") + m.group(2), text)
+
+
+def noun_phrase(
+    shape: str | None,
+    colour: str | None,
+    pattern: str | None,
+    *,
+    pattern_first: bool = True,
+    bare: bool = False,
+) -> str:
+    """Build a noun phrase from already chosen *words* (synonyms), any may be ``None``.
+
+    Args:
+        shape: word for the shape, or ``None`` to use a generic noun.
+        colour: word for the colour, or ``None`` to omit it.
+        pattern: word for the pattern, or ``None`` to omit it.
+        pattern_first: put the pattern before the colour (else after it).
+        bare: when exactly one word is given and it is an adjective, return it
+            alone (``"red"``) instead of ``"red shape"``.  When ``shape`` is
+            ``None`` and ``bare`` is False, ``GENERIC_NOUNS[0]`` is used unless
+            ``shape`` was given as a generic noun by the caller.
+    """
+    adjectives = [w for w in ((pattern, colour) if pattern_first else (colour, pattern)) if w]
+    if bare and shape is None and len(adjectives) == 1:
+        return adjectives[0]
+    noun = shape if shape is not None else GENERIC_NOUNS[0]
+    return " ".join(adjectives + [noun])
+
+
+def fill_template(template: str, np_text: str) -> str:
+    """Insert a noun phrase into a template and fix the articles."""
+    return _article(template.format(np=np_text))
+
+
+def _choose(rng: np.random.Generator, items: list[str]) -> str:
+    return items[int(rng.integers(len(items)))]
+
+
+def sample_caption(
+    shape: str,
+    colour: str,
+    pattern: str,
+    rng: np.random.Generator,
+    *,
+    template_split: Split = "train",
+    synonym_split: Split = "all",
+    p_empty: float = 0.1,
+) -> str:
+    """Sample a caption describing the scene ``(shape, colour, pattern)``.
+
+    With probability ``p_empty`` the caption is ``""``.  Otherwise a random
+    non-empty subset of the dimensions is named (all three 40 %, two 30 %,
+    one 30 %), each by a random synonym of ``synonym_split``, inside a random
+    template of ``template_split``.  Single-dimension captions are sometimes a
+    bare word (``"red"``, ``"star"``, ``"striped"``).
+    """
+    if rng.random() < p_empty:
+        return ""
+    u = rng.random()
+    k = 3 if u < 0.4 else (2 if u < 0.7 else 1)
+    named = set(rng.permutation(len(DIMENSIONS))[:k].tolist())
+    values = {"shape": shape, "colour": colour, "pattern": pattern}
+    words = {
+        dim: (_choose(rng, synonyms(values[dim], synonym_split)) if i in named else None)
+        for i, dim in enumerate(DIMENSIONS)
+    }
+    if words["shape"] is None and rng.random() < 0.3:
+        words["shape"] = _choose(rng, GENERIC_NOUNS)
+    bare = k == 1 and rng.random() < 0.35
+    np_text = noun_phrase(words["shape"], words["colour"], words["pattern"], pattern_first=rng.random() < 0.6, bare=bare)
+    template = "{np}" if bare else _choose(rng, templates(template_split))
+    return fill_template(template, np_text)
+
+
+def _single_concept_phrases(concept: str, words: Iterable[str]) -> list[str]:
+    """Noun phrases naming only ``concept`` (bare word and with generic noun)."""
+    dim = concept_dimension(concept)
+    out = []
+    for w in words:
+        if dim == "shape":
+            out.append(w)
+        else:
+            out.append(w)
+            out.append(f"{w} {GENERIC_NOUNS[0]}")
+    return out
+
+
+def _full_phrases(concept: str, words: Iterable[str]) -> list[str]:
+    """Noun phrases naming all three dimensions, cycling the other concepts."""
+    dim = concept_dimension(concept)
+    others = [d for d in DIMENSIONS if d != dim]
+    combos = list(itertools.product(*[CONCEPTS[d] for d in others]))
+    out = []
+    for i, w in enumerate(words):
+        for j in range(3):
+            combo = dict(zip(others, combos[(7 * i + 5 * j) % len(combos)]))
+            combo[dim] = None
+            shape = w if dim == "shape" else combo["shape"]
+            colour = w if dim == "colour" else combo["colour"]
+            pattern = w if dim == "pattern" else combo["pattern"]
+            out.append(noun_phrase(shape, colour, pattern, pattern_first=j % 2 == 0))
+    return out
+
+
+def _phrasings(concept: str, words: list[str], tmpls: list[str]) -> list[str]:
+    """All prompts from single-concept and full noun phrases in the given templates."""
+    prompts: list[str] = []
+    for np_text in _single_concept_phrases(concept, words) + _full_phrases(concept, words):
+        single_word = " " not in np_text
+        for t in tmpls:
+            if t == "{np}" or not (single_word and concept_dimension(concept) != "shape"):
+                prompts.append(fill_template(t, np_text))
+    return list(dict.fromkeys(prompts))
+
+
+def prompts_for(concept: str, split: Literal["train", "held-out"] = "train") -> list[str]:
+    """Evaluation prompts for ``concept``, deterministic and de-duplicated.
+
+    ``"train"`` phrasings use only train templates and train synonyms;
+    ``"held-out"`` phrasings use a held-out template (with any synonym) or a
+    held-out synonym (with any template), so the two lists are disjoint.
+    Prompts contain single-concept phrasings (``"red"``, ``"a red shape"``,
+    ``"a star"``) and full ones naming the other two dimensions as well.
+    """
+    if split == "train":
+        return _phrasings(concept, synonyms(concept, "train"), TEMPLATES_TRAIN)
+    if split == "held-out":
+        unseen_words = _phrasings(concept, synonyms(concept, "held-out"), TEMPLATES_TRAIN + TEMPLATES_HELD_OUT)
+        unseen_templates = _phrasings(concept, synonyms(concept, "train"), TEMPLATES_HELD_OUT)
+        return list(dict.fromkeys(unseen_words + unseen_templates))
+    raise ValueError(f"split must be 'train' or 'held-out', got {split!r}")
+
+
+def vocabulary() -> list[str]:
+    """Every word that can appear in a caption or an evaluation prompt."""
+    texts = templates("all") + GENERIC_NOUNS + [w for c in all_concepts() for w in synonyms(c, "all")]
+    words = set()
+    for t in texts:
+        words.update(re.findall(r"[a-z]+|[^\sa-z{}]", t.replace("{np}", " ").lower()))
+    words.update({"a", "an"})
+    return sorted(words)

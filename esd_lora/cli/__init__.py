@@ -1,0 +1,54 @@
+"""The ``esd-lora`` command: one sub-command per file, each only parsing arguments and calling a verb."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import __version__
+from ..errors import EsdLoraError
+from . import erase, generate, info
+
+COMMANDS = (erase, generate, info)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="esd-lora", description="Erase concepts from text-to-image diffusion models as LoRA adapters.",
+        epilog="Run 'esd-lora COMMAND --help' for the options and examples of each command.")
+    parser.add_argument("--version", action="version", version=f"esd-lora {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    try:
+        return args.run(args) or 0
+    except EsdLoraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for our own progress and results: library info/warning chatter is hidden."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for logging in (diffusers_logging, transformers_logging):
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""Argument helpers shared by the sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults in the help (where there is one) and keeps the examples in the description as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.default == []:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def add_command(sub, name: str, *, help: str, examples: str, run) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help, description=f"{help}\n\nexamples:\n{examples}",
+                            formatter_class=HelpFormatter)
+    parser.set_defaults(run=run)
+    return parser
+
+
+def add_base(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", required=True,
+                        help="base model: a local diffusers folder or a Hub id (safetensors weights only)")
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="torch device (default: cuda, else mps, else cpu)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                        help="dtype of the base model weights; auto = bf16/fp16 on CUDA, fp32 elsewhere")

@@ -1,0 +1,44 @@
+"""esd-lora generate: the same prompt and seeds with and without erasures, side by side."""
+
+from __future__ import annotations
+
+import re
+
+from ..adapter import atomic_path, check_output
+from ..generate import generate
+from ._common import add_base, add_command, add_device
+
+EXAMPLES = """\
+  esd-lora generate "a painting by van gogh" --base ./sd15 --adapter no-van-gogh.safetensors
+  esd-lora generate "a cat" --base ./sd15 --adapter no-cats.safetensors:0.7 --adapter no-dogs.safetensors \\
+      --seed 42 --num-images 2 --out cats.png"""
+
+
+def register(sub) -> None:
+    p = add_command(sub, "generate", help="generate from the base and from base + adapters, side by side",
+                    examples=EXAMPLES, run=run)
+    p.add_argument("prompt", metavar="PROMPT", help="text prompt")
+    add_base(p)
+    p.add_argument("--adapter", action="append", default=[], metavar="FILE[:WEIGHT]",
+                   help="an adapter file and optional weight; repeat to stack several")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image; image j uses seed + j")
+    p.add_argument("--num-images", type=int, default=4, help="images per row")
+    p.add_argument("--steps", type=int, default=30, help="denoising steps")
+    p.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance scale")
+    p.add_argument("--negative-prompt", default=None, help="negative prompt")
+    add_device(p)
+    p.add_argument("--out", default=None, help="output PNG (default: generate-<prompt>.png here)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def run(args) -> int:
+    slug = re.sub(r"[^a-z0-9]+", "-", args.prompt.lower()).strip("-")[:60] or "prompt"
+    out = check_output(args.out or f"generate-{slug}.png", overwrite=args.overwrite)
+    comparison = generate(args.base, args.prompt, adapters=args.adapter, seed=args.seed,
+                          num_images=args.num_images, steps=args.steps, guidance_scale=args.guidance_scale,
+                          negative_prompt=args.negative_prompt, device=args.device, dtype=args.dtype)
+    with atomic_path(out) as tmp:
+        comparison.grid().save(tmp, format="PNG")
+    print(f"wrote {out}: '{args.prompt}', seeds {comparison.seeds[0]}..{comparison.seeds[-1]}, "
+          f"top row base, bottom row {comparison.label}")
+    return 0

@@ -1,0 +1,111 @@
+"""EraseConfig: every training option of an erasure, with help text and validation.
+
+The config is saved in the adapter's header, so a file always says how it was made. Unknown keys met when
+reading a config (from a newer esd-lora, say) warn instead of being silently dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError, EmptyConceptError, UnknownMethodError
+
+METHODS: dict[str, str] = {
+    "esd-x": "cross-attention (attn2 to_q, to_k, to_v, to_out.0): styles, artists, people",
+    "esd-x-strict": "cross-attention keys and values only (attn2 to_k, to_v)",
+    "esd-u": "every Linear/Conv outside cross-attention, except time embedding and conv_out: objects, nudity",
+    "esd-all": "every Linear/Conv layer of the UNet",
+}
+SAMPLERS = ("trained", "frozen")
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+
+def _opt(default: Any, help: str, **kwargs: Any) -> Any:
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclass
+class EraseConfig:
+    """How to train one ESD erasure as a LoRA adapter.
+
+    The target follows the paper: ``e0 - eta * (ep - e0)``, where ``e0`` is the frozen model's unconditional
+    prediction and ``ep`` its prediction for the concept. (The authors' later ``esd_sd.py`` writes
+    ``ep - eta * (ep - e0)``: its ``eta=2`` is our ``eta=1``.)
+    """
+
+    concepts: list[str] = field(metadata={"help": "concept prompt(s) to erase; one is drawn per step"})
+    method: str = _opt("esd-x", "which UNet layers the adapter trains: " + ", ".join(METHODS))
+    erase_from: str | None = _opt(
+        None, "erase the concept only from this prompt (e.g. 'glasses' from 'a scientist'): its frozen "
+        "prediction replaces the unconditional one")
+    eta: float = _opt(1.0, "negative guidance strength (paper form; the authors' later code's eta=2 is ours=1)")
+    start_guidance: float = _opt(3.0, "classifier-free guidance used to sample the partial trajectory x_t")
+    ddim_steps: int = _opt(50, "DDIM steps of the sampling schedule a stopping step is drawn from")
+    iterations: int = _opt(400, "gradient steps")
+    lr: float = _opt(2e-4, "Adam learning rate of the adapter")
+    rank: int = _opt(4, "LoRA rank")
+    alpha: float | None = _opt(None, "LoRA alpha (scale = alpha / rank); default: equal to the rank")
+    seed: int = _opt(0, "random seed of noise, stopping steps and concept draws")
+    sample_with: str = _opt(
+        "trained", "which model samples x_t: 'trained' (base + adapter, as in the paper) or 'frozen' "
+        "(the base alone, as in the authors' later code)")
+    device: str | None = _opt(None, "torch device; default: cuda if available, else mps, else cpu")
+    dtype: str = _opt("auto", "dtype of the frozen base (the adapter trains in fp32): auto = bf16/fp16 on "
+                              "CUDA, fp32 elsewhere")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.concepts, str):
+            self.concepts = [self.concepts]
+        self.concepts = [_clean_concept(c) for c in self.concepts]
+        if not self.concepts:
+            raise EmptyConceptError("no concept given: name at least one concept to erase, e.g. 'van gogh'")
+        if self.method not in METHODS:
+            raise UnknownMethodError(
+                f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.erase_from is not None:
+            self.erase_from = _clean_concept(self.erase_from, what="erase_from prompt")
+        if self.sample_with not in SAMPLERS:
+            raise ConfigError(f"sample_with must be one of {', '.join(SAMPLERS)}, got {self.sample_with!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        for name in ("iterations", "ddim_steps", "rank"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.alpha is None:
+            self.alpha = float(self.rank)
+        for name in ("eta", "start_guidance", "lr", "alpha"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+            setattr(self, name, float(value))
+        if self.lr <= 0 or self.alpha <= 0:
+            raise ConfigError("lr and alpha must be greater than 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EraseConfig":
+        """Build a config from a dict, warning about (and ignoring) keys this version does not know."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            warnings.warn(f"ignoring unknown EraseConfig keys {unknown} (written by another esd-lora version?)",
+                          stacklevel=2)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        """The help text of one option, for the CLI and the web app."""
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}[name]
+
+
+def _clean_concept(text: Any, *, what: str = "concept") -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise EmptyConceptError(f"empty {what}: give a non-empty text such as 'van gogh' or 'red'")
+    return " ".join(text.split())

@@ -1,0 +1,187 @@
+"""Train an ESD erasure as a LoRA adapter on the UNet.
+
+One UNet lives in memory. With the adapter switched on it is the model being trained; with the adapter
+switched off it is the frozen teacher, bit for bit the base model. Each step:
+
+1. draw a concept and a stopping step ``k`` of the DDIM schedule;
+2. sample ``x_t`` from pure noise for ``k`` steps with classifier-free guidance (by the trained model, as in
+   the paper, or by the frozen one);
+3. ask the frozen model for ``e0`` (unconditional, or the ``erase_from`` prompt) and ``ep`` (the concept) in
+   one batched forward, and the trained model for ``en`` (the concept);
+4. step Adam on ``MSE(en, e0 - eta * (ep - e0))``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import time
+from collections import deque
+from contextlib import contextmanager, nullcontext
+from typing import Callable, Iterator
+
+import torch
+from diffusers import DDIMScheduler
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from tqdm.auto import tqdm
+
+from . import __version__
+from .adapter import Adapter, AdapterMetadata, base_fingerprint, check_output
+from .config import EraseConfig
+from .errors import ConfigError, NonFiniteLossError
+from .families import Conditioning, family_of, load_pipeline
+from .objective import esd_loss, guided
+
+ADAPTER_NAME = "esd"
+_LOSS_WINDOW = 50  # the reported final loss is the mean over this many last steps
+_XATTN_PROJECTIONS = {"esd-x": ("to_q", "to_k", "to_v", "to_out.0"), "esd-x-strict": ("to_k", "to_v")}
+_ESD_U_EXCLUDED = ("time_embedding.", "add_embedding.", "conv_out")
+
+
+def target_modules(unet: torch.nn.Module, method: str) -> list[str]:
+    """Names of the UNet's Linear/Conv2d modules an erasure ``method`` puts LoRA layers on."""
+    names = []
+    for name, module in unet.named_modules():
+        if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) or ".lora_" in name:
+            continue
+        in_cross_attention = "attn2" in name.split(".")
+        if method in _XATTN_PROJECTIONS:
+            keep = in_cross_attention and name.split(".attn2.")[-1] in _XATTN_PROJECTIONS[method]
+        elif method == "esd-u":
+            keep = not in_cross_attention and not name.startswith(_ESD_U_EXCLUDED)
+        else:  # esd-all
+            keep = True
+        if keep:
+            names.append(name.removesuffix(".base_layer"))
+    return sorted(names)
+
+
+def lora_config(unet: torch.nn.Module, config: EraseConfig) -> dict:
+    """The LoRA config stored in the file header, in the form diffusers passes to ``LoraConfig``."""
+    return {"r": config.rank, "lora_alpha": config.alpha, "target_modules": target_modules(unet, config.method),
+            "rank_pattern": {}, "alpha_pattern": {}, "use_dora": False, "lora_bias": False}
+
+
+def erase(base, concepts: str | list[str], *, config: EraseConfig | None = None,
+          out: str | os.PathLike | None = None, overwrite: bool = False, progress: bool = True,
+          callback: Callable[[int, float], None] | None = None, **options) -> Adapter:
+    """Erase ``concepts`` from ``base`` by training an ESD LoRA adapter; return it (and save it to ``out``).
+
+    ``base`` is a diffusers folder, a Hub id, or a loaded StableDiffusion(XL)Pipeline (left unchanged).
+    ``options`` are :class:`EraseConfig` fields (``method``, ``iterations``, ``eta``, ...) and override
+    ``config``. ``callback(step, loss)`` is called after every step; raising in it stops training.
+
+    >>> adapter = erase("path/to/sd15", "van gogh", iterations=200, out="no-van-gogh.safetensors")
+    """
+    config = _make_config(concepts, config, options)
+    if out is not None:
+        out = check_output(out, overwrite=overwrite)  # fail before training, not after
+    base_id = str(base) if isinstance(base, (str, os.PathLike)) else _pipeline_id(base)
+    pipe = load_pipeline(base, device=config.device, dtype=config.dtype) if isinstance(
+        base, (str, os.PathLike)) else base
+    family = family_of(pipe)
+    unet = pipe.unet
+    if getattr(unet, "_hf_peft_config_loaded", False) and unet.peft_config:
+        raise ConfigError("the pipeline already has LoRA adapters loaded: call pipe.unload_lora_weights() "
+                          "before erasing, so the teacher is the base model")
+    fingerprint = base_fingerprint(unet)
+    lora = lora_config(unet, config)
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(**lora), adapter_name=ADAPTER_NAME)
+    try:
+        started = time.perf_counter()
+        final_loss = _train(pipe, family, config, progress=progress, callback=callback)
+        wall_time = time.perf_counter() - started
+        state_dict = {f"unet.{k}": v.detach().to("cpu", torch.float32).clone()
+                      for k, v in get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME).items()}
+    finally:
+        unet.delete_adapters(ADAPTER_NAME)
+    metadata = AdapterMetadata(
+        config=config, base_model=base_id, base_fingerprint=fingerprint, family=family.label,
+        prediction_type=family.prediction_type, esd_lora_version=__version__, wall_time_s=round(wall_time, 3),
+        final_loss=final_loss, created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    adapter = Adapter(state_dict=state_dict, lora_config=lora, metadata=metadata)
+    if out is not None:
+        adapter.save(out, overwrite=overwrite)
+    return adapter
+
+
+def _train(pipe, family, config: EraseConfig, *, progress: bool, callback) -> float:
+    unet = pipe.unet
+    device, dtype = unet.device, unet.dtype
+    generator = torch.Generator().manual_seed(config.seed)
+    sampler = DDIMScheduler.from_config(pipe.scheduler.config)
+    sampler.set_timesteps(config.ddim_steps, device=device)
+
+    # Text is frozen: encode every prompt once. Row 0 is the empty prompt, the last row the erase_from prompt.
+    prompts = ["", *config.concepts] + ([config.erase_from] if config.erase_from else [])
+    texts = family.encode(prompts)
+    uncond, anchor = texts[0], texts[len(prompts) - 1] if config.erase_from else texts[0]
+    n = len(config.concepts)
+    sample_pairs = [Conditioning.cat([uncond, texts[1 + i]]) for i in range(n)]   # CFG sampling of x_t
+    teacher_pairs = [Conditioning.cat([anchor, texts[1 + i]]) for i in range(n)]  # e0 and ep together
+
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    recent: deque[float] = deque(maxlen=_LOSS_WINDOW)
+    bar = tqdm(range(config.iterations), desc="erasing", unit="it", disable=not progress)
+    for step in bar:
+        i = int(torch.randint(n, (1,), generator=generator))
+        k = int(torch.randint(config.ddim_steps, (1,), generator=generator))
+        noise = torch.randn((1, *family.latent_shape), generator=generator)
+        with torch.no_grad():
+            with frozen(unet) if config.sample_with == "frozen" else nullcontext():
+                x = _sample_until(unet, sampler, noise.to(device, dtype) * sampler.init_noise_sigma, k,
+                                  sample_pairs[i], config.start_guidance)
+            t = sampler.timesteps[k]
+            with frozen(unet):
+                e0, ep = unet(torch.cat([x, x]), t, **teacher_pairs[i].unet_kwargs()).sample.chunk(2)
+        en = unet(x, t, **texts[1 + i].unet_kwargs()).sample
+        loss = esd_loss(en, e0, ep, config.eta)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"loss became {value} at iteration {step + 1}; nothing was written: lower "
+                                     f"--lr (now {config.lr:g}) or use --dtype fp32")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        recent.append(value)
+        bar.set_postfix(loss=f"{value:.4f}")
+        if callback is not None:
+            callback(step + 1, value)
+    return sum(recent) / len(recent)
+
+
+def _sample_until(unet, sampler, x: torch.Tensor, k: int, pair: Conditioning, guidance: float) -> torch.Tensor:
+    """Run the first ``k`` DDIM steps from noise ``x`` with classifier-free guidance."""
+    kwargs = pair.unet_kwargs()
+    for t in sampler.timesteps[:k]:
+        model_in = sampler.scale_model_input(torch.cat([x, x]), t)
+        uncond, cond = unet(model_in, t, **kwargs).sample.chunk(2)
+        x = sampler.step(guided(uncond, cond, guidance), t, x).prev_sample
+    return x
+
+
+@contextmanager
+def frozen(unet) -> Iterator[None]:
+    """Switch the adapter off: inside, ``unet`` is exactly the base model."""
+    unet.disable_adapters()
+    try:
+        yield
+    finally:
+        unet.enable_adapters()
+
+
+def _make_config(concepts, config: EraseConfig | None, options: dict) -> EraseConfig:
+    base = config.to_dict() if config is not None else {}
+    unknown = set(options) - set(EraseConfig.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(sorted(unknown))}: valid options are "
+                          f"{', '.join(f for f in EraseConfig.__dataclass_fields__ if f != 'concepts')}")
+    return EraseConfig(**{**base, **options, "concepts": concepts})
+
+
+def _pipeline_id(pipe) -> str:
+    return str(getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "") or "unknown")

@@ -1,0 +1,190 @@
+"""What differs between Stable Diffusion 1.x, 2.x and SDXL: loading, prompt encoding, added conditioning.
+
+Everything model-specific the training loop needs sits behind :class:`Family`: ``encode`` turns prompts into a
+:class:`Conditioning` (text states, plus SDXL's pooled embeddings and time ids), and ``Conditioning.unet_kwargs``
+gives the keyword arguments of the UNet's forward. The prediction type (epsilon or v) is read from the
+scheduler config; the ESD target is built in that space (see ``objective.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import BaseModelNotFoundError, NotAPipelineError, UnsupportedPipelineError
+
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Conditioning:
+    """Text conditioning for a batch of prompts, in the form the UNet takes it."""
+
+    hidden: torch.Tensor
+    text_embeds: torch.Tensor | None = None
+    time_ids: torch.Tensor | None = None
+
+    def unet_kwargs(self) -> dict:
+        kwargs: dict = {"encoder_hidden_states": self.hidden}
+        if self.text_embeds is not None:
+            kwargs["added_cond_kwargs"] = {"text_embeds": self.text_embeds, "time_ids": self.time_ids}
+        return kwargs
+
+    def __getitem__(self, index) -> "Conditioning":
+        index = slice(index, index + 1) if isinstance(index, int) else index
+        return Conditioning(*(None if t is None else t[index] for t in (self.hidden, self.text_embeds,
+                                                                         self.time_ids)))
+
+    @staticmethod
+    def cat(items: list["Conditioning"]) -> "Conditioning":
+        def join(tensors):
+            return None if tensors[0] is None else torch.cat(tensors)
+        return Conditioning(join([c.hidden for c in items]), join([c.text_embeds for c in items]),
+                            join([c.time_ids for c in items]))
+
+
+class Family:
+    """Stable Diffusion 1.x / 2.x: one CLIP text encoder, no added conditioning."""
+
+    name = "sd"
+
+    def __init__(self, pipe) -> None:
+        self.pipe = pipe
+
+    @property
+    def prediction_type(self) -> str:
+        return self.pipe.scheduler.config.get("prediction_type", "epsilon")
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        unet = self.pipe.unet
+        size = unet.config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        return (unet.config.in_channels, *size)
+
+    @property
+    def label(self) -> str:
+        """sd1, sd2 or sdxl, as recorded in the adapter metadata."""
+        return "sd2" if self.pipe.unet.config.cross_attention_dim == 1024 else "sd1"
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> Conditioning:
+        """Encode prompts; the empty prompt gives the pipeline's own unconditional embedding."""
+        embeds, _ = self.pipe.encode_prompt(prompts, self.pipe.device, 1, False)
+        return Conditioning(embeds)
+
+
+class SDXLFamily(Family):
+    """SDXL: two text encoders, pooled embeddings and added time ids."""
+
+    name = "sdxl"
+    label = "sdxl"
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> Conditioning:
+        pipe = self.pipe
+        # Ask for the negative branch too, so the empty prompt follows force_zeros_for_empty_prompt exactly
+        # as the pipeline's own classifier-free guidance does.
+        cond, uncond, pooled, uncond_pooled = pipe.encode_prompt(
+            prompts, device=pipe.device, num_images_per_prompt=1, do_classifier_free_guidance=True)
+        empty = torch.tensor([p == "" for p in prompts], device=cond.device)
+        hidden = torch.where(empty[:, None, None], uncond, cond)
+        pooled = torch.where(empty[:, None], uncond_pooled, pooled)
+        _, height, width = self.latent_shape
+        scale = pipe.vae_scale_factor
+        size = (height * scale, width * scale)
+        time_ids = torch.tensor([[*size, 0, 0, *size]], dtype=hidden.dtype, device=hidden.device)
+        return Conditioning(hidden, pooled, time_ids.repeat(len(prompts), 1))
+
+
+def family_of(pipe) -> Family:
+    """The :class:`Family` wrapper for a loaded pipeline, or a typed error for an unsupported class."""
+    name = type(pipe).__name__
+    if name == "StableDiffusionXLPipeline":
+        return SDXLFamily(pipe)
+    if name == "StableDiffusionPipeline":
+        return Family(pipe)
+    raise UnsupportedPipelineError(
+        f"{name} is not supported: esd-lora trains {' and '.join(SUPPORTED_PIPELINES)} models")
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype != "auto":
+        return _DTYPES[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_pipeline(base: str | os.PathLike, *, device: str | None = None, dtype: str = "auto"):
+    """Load a Stable Diffusion 1.x/2.x or SDXL pipeline from a local diffusers folder or a Hub id.
+
+    Only safetensors weights are loaded (never pickle). The safety checker is not loaded: erasure is measured
+    on what the model itself generates.
+    """
+    import diffusers
+
+    base = str(base)
+    class_name = _pipeline_class_name(base)
+    if class_name not in SUPPORTED_PIPELINES:
+        raise UnsupportedPipelineError(
+            f"{base} is a {class_name}: esd-lora trains {' and '.join(SUPPORTED_PIPELINES)} models")
+    torch_device = resolve_device(device)
+    kwargs = {"torch_dtype": resolve_dtype(dtype, torch_device), "use_safetensors": True}
+    if class_name == "StableDiffusionPipeline":
+        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    try:
+        pipe = getattr(diffusers, class_name).from_pretrained(base, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NotAPipelineError(
+            f"could not load {base} as a {class_name} with safetensors weights ({first_line}); "
+            "check the folder is complete, or convert .bin/.ckpt weights to safetensors") from exc
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(torch_device)
+
+
+def _pipeline_class_name(base: str) -> str:
+    path = Path(base).expanduser()
+    if path.exists():
+        index = path / "model_index.json"
+        if not path.is_dir() or not index.is_file():
+            raise NotAPipelineError(
+                f"{base} is not a diffusers pipeline folder (no model_index.json): pass the folder that "
+                "pipeline.save_pretrained() wrote, or a Hub id such as 'stable-diffusion-v1-5/stable-diffusion-v1-5'")
+        return _read_class_name(index, base)
+    if base.startswith((".", "/", "~")) or not _HUB_ID.match(base):
+        raise BaseModelNotFoundError(f"base model {base} does not exist: pass a diffusers folder or a Hub id")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        index = hf_hub_download(base, "model_index.json")
+    except Exception as exc:  # network, auth, missing repo: all mean "cannot get this base"
+        raise BaseModelNotFoundError(
+            f"{base} is not a local folder and could not be fetched from the Hub ({type(exc).__name__}): "
+            "check the path or Hub id, your network and HF_TOKEN") from exc
+    return _read_class_name(Path(index), base)
+
+
+def _read_class_name(index: Path, base: str) -> str:
+    try:
+        return str(json.loads(index.read_text())["_class_name"])
+    except (ValueError, KeyError) as exc:
+        raise NotAPipelineError(f"{index} is not a valid model_index.json: re-save {base} with diffusers") from exc

@@ -1,0 +1,39 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import tiny_models  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """Folders of tiny random sd1 / sd2 (v-prediction) / sdxl pipelines, built once per session."""
+    root = tmp_path_factory.mktemp("tiny")
+    dirs = {}
+    for family in tiny_models.FAMILIES:
+        tiny_models.build(family, root / family)
+        dirs[family] = root / family
+    return dirs
+
+
+@pytest.fixture
+def sd1_pipe(tiny_dirs):
+    from esd_lora.families import load_pipeline
+
+    return load_pipeline(tiny_dirs["sd1"], device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sd1_adapter(tiny_dirs, tmp_path_factory):
+    """A saved sd1 adapter trained hard enough (high lr) that its images clearly differ from the base."""
+    import esd_lora
+
+    out = tmp_path_factory.mktemp("adapters") / "red.safetensors"
+    esd_lora.erase(tiny_dirs["sd1"], "red", iterations=4, ddim_steps=4, lr=5e-2, rank=4, alpha=2.0,
+                   progress=False, out=out, device="cpu")
+    return out

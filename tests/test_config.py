@@ -1,0 +1,44 @@
+import pytest
+
+from esd_lora.config import EraseConfig
+from esd_lora.errors import ConfigError, EmptyConceptError, UnknownMethodError
+
+
+def test_defaults_and_normalisation():
+    cfg = EraseConfig(concepts="  van   gogh ")
+    assert cfg.concepts == ["van gogh"]
+    assert (cfg.method, cfg.eta, cfg.start_guidance, cfg.ddim_steps) == ("esd-x", 1.0, 3.0, 50)
+    assert cfg.alpha == float(cfg.rank) == 4.0
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"concepts": []}, EmptyConceptError, "no concept"),
+    ({"concepts": ["  "]}, EmptyConceptError, "empty concept"),
+    ({"concepts": ["ok", ""]}, EmptyConceptError, "empty concept"),
+    ({"concepts": ["x"], "erase_from": " "}, EmptyConceptError, "erase_from"),
+    ({"concepts": ["x"], "method": "esd-z"}, UnknownMethodError, "esd-x, esd-x-strict, esd-u, esd-all"),
+    ({"concepts": ["x"], "iterations": 0}, ConfigError, "iterations"),
+    ({"concepts": ["x"], "rank": 2.5}, ConfigError, "rank"),
+    ({"concepts": ["x"], "ddim_steps": True}, ConfigError, "ddim_steps"),
+    ({"concepts": ["x"], "eta": float("nan")}, ConfigError, "eta"),
+    ({"concepts": ["x"], "lr": "fast"}, ConfigError, "lr"),
+    ({"concepts": ["x"], "lr": -1.0}, ConfigError, "lr"),
+    ({"concepts": ["x"], "sample_with": "teacher"}, ConfigError, "sample_with"),
+    ({"concepts": ["x"], "dtype": "fp8"}, ConfigError, "dtype"),
+])
+def test_bad_values_are_refused(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        EraseConfig(**kwargs)
+
+
+def test_round_trip_and_unknown_keys_warn():
+    cfg = EraseConfig(concepts=["a", "b"], method="esd-u", eta=2.0, alpha=1.0)
+    assert EraseConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.warns(UserWarning, match="future_option"):
+        again = EraseConfig.from_dict({**cfg.to_dict(), "future_option": 3})
+    assert again == cfg
+
+
+def test_every_option_has_help():
+    for name in EraseConfig.__dataclass_fields__:
+        assert EraseConfig.help(name)
