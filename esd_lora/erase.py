@@ -46,6 +46,7 @@ def target_modules(unet: torch.nn.Module, method: str) -> list[str]:
     for name, module in unet.named_modules():
         if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) or ".lora_" in name:
             continue
+        name = name.removesuffix(".base_layer")  # a module already wrapped by peft
         in_cross_attention = "attn2" in name.split(".")
         if method in _XATTN_PROJECTIONS:
             keep = in_cross_attention and name.split(".attn2.")[-1] in _XATTN_PROJECTIONS[method]
@@ -54,7 +55,7 @@ def target_modules(unet: torch.nn.Module, method: str) -> list[str]:
         else:  # esd-all
             keep = True
         if keep:
-            names.append(name.removesuffix(".base_layer"))
+            names.append(name)
     return sorted(names)
 
 
@@ -89,7 +90,9 @@ def erase(base, concepts: str | list[str], *, config: EraseConfig | None = None,
     fingerprint = base_fingerprint(unet)
     lora = lora_config(unet, config)
     unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(**lora), adapter_name=ADAPTER_NAME)
+    with torch.random.fork_rng(devices=[]):  # seeded LoRA init without touching the caller's RNG
+        torch.manual_seed(config.seed)
+        unet.add_adapter(LoraConfig(**lora), adapter_name=ADAPTER_NAME)
     try:
         started = time.perf_counter()
         final_loss = _train(pipe, family, config, progress=progress, callback=callback)
@@ -97,7 +100,7 @@ def erase(base, concepts: str | list[str], *, config: EraseConfig | None = None,
         state_dict = {f"unet.{k}": v.detach().to("cpu", torch.float32).clone()
                       for k, v in get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME).items()}
     finally:
-        unet.delete_adapters(ADAPTER_NAME)
+        unet.unload_lora()  # the pipeline is back to its plain base modules, also after an error
     metadata = AdapterMetadata(
         config=config, base_model=base_id, base_fingerprint=fingerprint, family=family.label,
         prediction_type=family.prediction_type, esd_lora_version=__version__, wall_time_s=round(wall_time, 3),

@@ -170,7 +170,7 @@ def train_judge(n_images: int = 40_000, steps: int = 2_500, batch_size: int = 12
         opt.step()
         sched.step()
         if step % 250 == 0:
-            print(f"step {step:5d} loss {float(loss):.4f}", flush=True)
+            print(f"step {step:5d} loss {loss.item():.4f}", flush=True)
     return net.eval()
 
 

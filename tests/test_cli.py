@@ -1,0 +1,112 @@
+"""End-to-end: the real ``esd-lora`` command, and one clear line with exit code 1 for each bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+from safetensors.torch import save_file
+
+from esd_lora.cli import main
+
+
+def esd_lora(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "esd_lora", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_erase_info_generate_end_to_end(tiny_dirs, tmp_path, family):
+    adapter = tmp_path / f"{family}.safetensors"
+    result = esd_lora("erase", "red", "blue", "--base", tiny_dirs[family], "--iterations", 2, "--ddim-steps", 3,
+                      "--lr", "0.05", "--out", adapter)
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {adapter}" in result.stdout and adapter.is_file()
+    assert "erasing" in result.stderr  # the tqdm progress bar
+
+    result = esd_lora("info", adapter, "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["config"]["concepts"] == ["red", "blue"] and info["config"]["iterations"] == 2
+    assert info["family"] == ("sdxl" if family == "sdxl" else "sd1")
+
+    grid = tmp_path / "grid.png"
+    result = esd_lora("generate", "red", "--base", tiny_dirs[family], "--adapter", f"{adapter}:0.8",
+                      "--num-images", 2, "--steps", 2, "--out", grid)
+    assert result.returncode == 0, result.stderr
+    image = Image.open(grid)
+    assert image.width == 2 * 128 and image.height > 2 * 128  # two rows of two tiles, with labels
+    top, bottom = image.crop((0, 36, 128, 164)), image.crop((0, 36 + 146, 128, 164 + 146))
+    assert top.tobytes() != bottom.tobytes()
+
+
+def test_info_prints_table(sd1_adapter, capsys):
+    assert main(["info", str(sd1_adapter)]) == 0
+    out = capsys.readouterr().out
+    for expected in ("concepts", "red", "method", "esd-x", "rank / alpha", "4 / 2", "base fingerprint", "sha256:"):
+        assert expected in out
+
+
+def test_default_output_name(tiny_dirs, tmp_path):
+    result = esd_lora("erase", "Van Gogh!", "--base", tiny_dirs["sd1"], "--iterations", 1, "--ddim-steps", 2,
+                      "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "esd-van-gogh-esd-x.safetensors").is_file()
+    assert "erasing" not in result.stderr
+
+
+def test_bad_input_is_one_line_without_traceback(tmp_path):
+    result = esd_lora("erase", "red", "--base", tmp_path / "missing", "--out", tmp_path / "x.safetensors")
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: ")
+    assert "Traceback" not in result.stderr and not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.fixture
+def not_esd(tmp_path):
+    path = tmp_path / "not-esd.safetensors"
+    import torch
+    save_file({"w": torch.zeros(1)}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["erase", "  ", "--base", "{sd1}"], "empty concept"),
+    (["erase", "red", "--base", "{sd1}", "--method", "esd-q"], None),  # argparse's choices: exit 2
+    (["erase", "red", "--base", "{tmp}/missing"], "does not exist"),
+    (["erase", "red", "--base", "{tmp}"], "not a diffusers pipeline"),
+    (["erase", "red", "--base", "{unsupported}"], "KandinskyPipeline"),
+    (["erase", "red", "--base", "{sd1}", "--out", "{existing}"], "already exists"),
+    (["erase", "red", "--base", "{sd1}", "--out", "{tmp}/no/dir/a.safetensors"], "does not exist; create it"),
+    (["erase", "red", "--base", "{sd1}", "--iterations", "0"], "iterations must be a positive integer"),
+    (["erase", "red", "--base", "{sd1}", "--eta", "1e38", "--start-guidance", "1e38", "--iterations", "2",
+      "--ddim-steps", "2", "--out", "{tmp}/nan.safetensors"], "loss became"),
+    (["info", "{tmp}/missing.safetensors"], "does not exist"),
+    (["info", "{existing}"], "truncated"),
+    (["info", "{not_esd}"], "not an esd-lora adapter"),
+    (["generate", "red", "--base", "{sd1}", "--adapter", "{tmp}/missing.safetensors", "--out", "{tmp}/g.png"],
+     "does not exist"),
+    (["generate", "red", "--base", "{sd1}", "--adapter", "{not_esd}:abc", "--out", "{tmp}/g.png"],
+     "not a number"),
+    (["generate", "red", "--base", "{sd1}", "--num-images", "0", "--out", "{tmp}/g.png"], "positive integer"),
+    (["generate", "red", "--base", "{sd1}", "--out", "{existing}"], "already exists"),
+])
+def test_bad_inputs(argv, message, tiny_dirs, tmp_path, not_esd, capsys):
+    unsupported = tmp_path / "kandinsky"
+    unsupported.mkdir()
+    (unsupported / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyPipeline"}))
+    existing = tmp_path / "existing.safetensors"
+    existing.write_bytes(b"not a safetensors file")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    fill = dict(sd1=tiny_dirs["sd1"], tmp=tmp_path, unsupported=unsupported, existing=existing, not_esd=not_esd)
+    argv = [a.format(**fill) for a in argv]
+    if message is None:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        return
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # a progress bar may stand before it
+    assert err.startswith("error: ") and message in err, err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing half-written

@@ -1,0 +1,106 @@
+import pytest
+import torch
+
+import esd_lora
+from esd_lora.erase import frozen, target_modules
+from esd_lora.errors import ConfigError, NonFiniteLossError
+from esd_lora.families import family_of
+
+# What each method must put LoRA layers on, for the tiny SD 1.x UNet of tests/tiny_models.py.
+XATTN = [f"{block}.attentions.{a}.transformer_blocks.0.attn2.{proj}"
+         for block, a in (("down_blocks.0", 0), ("mid_block", 0), ("up_blocks.1", 0), ("up_blocks.1", 1))
+         for proj in ("to_q", "to_k", "to_v", "to_out.0")]
+
+
+def _linear_or_conv(unet):
+    return {n for n, m in unet.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+
+
+@pytest.mark.parametrize("method, expected", [
+    ("esd-x", lambda unet: set(XATTN)),
+    ("esd-x-strict", lambda unet: {n for n in XATTN if n.endswith(("to_k", "to_v"))}),
+    ("esd-u", lambda unet: {n for n in _linear_or_conv(unet) if ".attn2." not in n and n != "conv_out"
+                            and not n.startswith("time_embedding.")}),
+    ("esd-all", _linear_or_conv),
+])
+def test_each_method_targets_exactly_its_modules(sd1_pipe, method, expected):
+    unet = sd1_pipe.unet
+    names = set(target_modules(unet, method))
+    assert names == expected(unet)
+    if method == "esd-u":  # spot checks of the paper's definition
+        assert {"conv_in", "down_blocks.0.resnets.0.conv1", "down_blocks.0.attentions.0.transformer_blocks.0"
+                ".attn1.to_q", "down_blocks.0.resnets.0.time_emb_proj"} <= names
+        assert not names & {"conv_out", "time_embedding.linear_1", "time_embedding.linear_2"}
+
+
+@pytest.mark.parametrize("method", ["esd-x", "esd-u"])
+def test_trained_adapter_keys_are_the_methods_modules(sd1_pipe, method):
+    adapter = esd_lora.erase(sd1_pipe, "red", method=method, iterations=1, ddim_steps=2, progress=False)
+    modules = {k.removeprefix("unet.").split(".lora_")[0] for k in adapter.state_dict}
+    assert modules == set(target_modules(sd1_pipe.unet, method))
+    assert adapter.lora_config["target_modules"] == sorted(modules)
+
+
+def test_only_the_adapter_trains_and_the_teacher_is_the_base(sd1_pipe):
+    unet = sd1_pipe.unet
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(1, 4, 8, 8, generator=g), torch.tensor(500)
+    cond = family_of(sd1_pipe).encode(["red"]).unet_kwargs()
+    with torch.no_grad():
+        reference = unet(x, t, **cond).sample
+    checks = []
+
+    def check(step, loss):
+        with torch.no_grad():
+            with frozen(unet):
+                teacher = unet(x, t, **cond).sample
+            student = unet(x, t, **cond).sample
+        checks.append((torch.equal(teacher, reference), torch.equal(student, reference)))
+
+    adapter = esd_lora.erase(sd1_pipe, "red", iterations=3, ddim_steps=3, lr=1e-2, progress=False, callback=check)
+    assert checks == [(True, False)] * 3  # teacher bit-identical to the base; student moved
+    assert not getattr(unet, "peft_config", None)  # the caller's pipeline is left as it was
+    after = unet.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert any(v.abs().sum() > 0 for k, v in adapter.state_dict.items() if "lora_B" in k)
+
+
+def test_seeded_training_is_reproducible(sd1_pipe):
+    run = lambda: esd_lora.erase(sd1_pipe, ["red", "blue"], iterations=2, ddim_steps=3, seed=7,  # noqa: E731
+                                 progress=False).state_dict
+    first, second = run(), run()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.parametrize("options", [
+    {"sample_with": "frozen"},
+    {"erase_from": "a shape"},
+    {"method": "esd-x-strict", "eta": 2.0, "start_guidance": 1.0},
+])
+def test_options_train(sd1_pipe, options):
+    adapter = esd_lora.erase(sd1_pipe, ["red", "green"], iterations=2, ddim_steps=3, progress=False, **options)
+    for key, value in options.items():
+        assert getattr(adapter.metadata.config, key) == value
+    assert adapter.metadata.final_loss >= 0
+
+
+def test_nan_loss_stops_and_writes_nothing(sd1_pipe, tmp_path):
+    out = tmp_path / "nan.safetensors"
+    with pytest.raises(NonFiniteLossError, match="iteration 1"):
+        esd_lora.erase(sd1_pipe, "red", iterations=3, ddim_steps=2, eta=float("1e38"), start_guidance=1e38,
+                       progress=False, out=out)
+    assert list(tmp_path.iterdir()) == []
+    assert not getattr(sd1_pipe.unet, "peft_config", None)
+
+
+def test_unknown_option_is_named(sd1_pipe):
+    with pytest.raises(ConfigError, match="learning_rate.*valid options are.*lr"):
+        esd_lora.erase(sd1_pipe, "red", learning_rate=1e-3)
+
+
+def test_pipeline_with_loaded_adapters_is_refused(sd1_pipe, sd1_adapter):
+    esd_lora.apply_adapters(sd1_pipe, [str(sd1_adapter)])
+    with pytest.raises(ConfigError, match="unload_lora_weights"):
+        esd_lora.erase(sd1_pipe, "red", iterations=1)
