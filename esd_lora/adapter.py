@@ -168,7 +168,8 @@ def base_fingerprint(unet: torch.nn.Module) -> str:
             continue
         name = name.replace(".base_layer.", ".")
         flat = tensor.detach().reshape(-1)
-        index = torch.linspace(0, flat.numel() - 1, min(flat.numel(), _FINGERPRINT_SAMPLES)).long()
+        count = min(flat.numel(), _FINGERPRINT_SAMPLES)  # evenly spaced, in integers (floats overflow past 2**24)
+        index = torch.arange(count, dtype=torch.int64) * (flat.numel() - 1) // max(count - 1, 1)
         sample = flat[index.to(flat.device)].to("cpu", torch.float32).to(torch.float16)
         digest.update(f"{name}:{tuple(tensor.shape)};".encode())
         digest.update(sample.numpy().tobytes())

@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 
 import torch
 from diffusers import DDIMScheduler
+from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from tqdm.auto import tqdm
@@ -93,6 +94,8 @@ def erase(base, concepts: str | list[str], *, config: EraseConfig | None = None,
     with torch.random.fork_rng(devices=[]):  # seeded LoRA init without touching the caller's RNG
         torch.manual_seed(config.seed)
         unet.add_adapter(LoraConfig(**lora), adapter_name=ADAPTER_NAME)
+    # The adapter trains in fp32 whatever the base dtype: Adam's state and eps underflow in fp16.
+    cast_training_params(unet, dtype=torch.float32)
     try:
         started = time.perf_counter()
         final_loss = _train(pipe, family, config, progress=progress, callback=callback)

@@ -4,7 +4,7 @@ import torch
 import esd_lora
 from esd_lora.erase import frozen, target_modules
 from esd_lora.errors import ConfigError, NonFiniteLossError
-from esd_lora.families import family_of
+from esd_lora.families import family_of, load_pipeline
 
 # What each method must put LoRA layers on, for the tiny SD 1.x UNet of tests/tiny_models.py.
 XATTN = [f"{block}.attentions.{a}.transformer_blocks.0.attn2.{proj}"
@@ -104,3 +104,17 @@ def test_pipeline_with_loaded_adapters_is_refused(sd1_pipe, sd1_adapter):
     esd_lora.apply_adapters(sd1_pipe, [str(sd1_adapter)])
     with pytest.raises(ConfigError, match="unload_lora_weights"):
         esd_lora.erase(sd1_pipe, "red", iterations=1)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_half_precision_base_trains_an_fp32_adapter(tiny_dirs, dtype):
+    pipe = load_pipeline(tiny_dirs["sd1"], device="cpu", dtype=dtype)
+    dtypes = set()
+
+    def check(step, loss):
+        dtypes.update(p.dtype for n, p in pipe.unet.named_parameters() if ".lora_" in n)
+
+    adapter = esd_lora.erase(pipe, "red", iterations=3, ddim_steps=3, progress=False, callback=check)
+    assert dtypes == {torch.float32}
+    assert pipe.unet.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in adapter.state_dict.values())
