@@ -58,3 +58,11 @@ class CorruptAdapterError(EsdLoraError, ValueError):
 
 class NotAnEsdAdapterError(EsdLoraError, ValueError):
     """The file is a valid safetensors file but carries no esd-lora metadata."""
+
+
+class AdapterBaseMismatchError(EsdLoraError, ValueError):
+    """The adapter was trained on another base model (its fingerprint differs)."""
+
+
+class AdapterShapeMismatchError(EsdLoraError, ValueError):
+    """The adapter's tensors do not fit the base model's modules (another architecture)."""

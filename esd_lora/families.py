@@ -18,6 +18,8 @@ import torch
 
 from .errors import BaseModelNotFoundError, NotAPipelineError, UnsupportedPipelineError
 
+BUNDLED_BASE = str(Path(__file__).resolve().parent / "bundled" / "base")
+SHORT_NAMES = {"bundled": BUNDLED_BASE}  # names --base answers to besides paths and Hub ids
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -141,7 +143,7 @@ def load_pipeline(base: str | os.PathLike, *, device: str | None = None, dtype: 
     """
     import diffusers
 
-    base = str(base)
+    base = SHORT_NAMES.get(str(base), str(base))
     class_name = _pipeline_class_name(base)
     if class_name not in SUPPORTED_PIPELINES:
         raise UnsupportedPipelineError(

@@ -32,11 +32,12 @@ class Comparison:
 
 def generate(base, prompt: str, *, adapters: list[AdapterSpec | str] = (), seed: int = 0, num_images: int = 4,
              steps: int = 30, guidance_scale: float = 7.5, negative_prompt: str | None = None,
-             device: str | None = None, dtype: str = "auto") -> Comparison:
+             device: str | None = None, dtype: str = "auto", force: bool = False) -> Comparison:
     """Generate ``num_images`` images of ``prompt`` from the base and from base + ``adapters``, same seeds.
 
     ``base`` is a diffusers folder, a Hub id or a loaded pipeline; the pipeline's adapters are unloaded at
-    the end, so a loaded pipeline is returned to its base state.
+    the end, so a loaded pipeline is returned to its base state. ``force`` applies adapters trained on another
+    base of the same architecture.
     """
     if not isinstance(prompt, str) or not prompt.strip():
         raise ConfigError("empty prompt: give the text to generate, e.g. 'a painting in the style of van gogh'")
@@ -57,7 +58,7 @@ def generate(base, prompt: str, *, adapters: list[AdapterSpec | str] = (), seed:
     if not specs:
         images = run()
         return Comparison(prompt=prompt, seeds=seeds, base=images, erased=images, label="base")
-    apply_adapters(pipe, specs)  # loads and checks every file before any image is made
+    apply_adapters(pipe, specs, force=force)  # loads and checks every file before any image is made
     try:
         pipe.disable_lora()
         base_images = run()

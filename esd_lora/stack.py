@@ -12,8 +12,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .adapter import Adapter, load_adapter
-from .errors import ConfigError
+import torch
+
+from .adapter import Adapter, base_fingerprint, load_adapter
+from .errors import AdapterBaseMismatchError, AdapterShapeMismatchError, ConfigError
 
 
 @dataclass(frozen=True)
@@ -41,10 +43,17 @@ def parse_adapter_spec(text: str) -> AdapterSpec:
     return AdapterSpec(path, value)
 
 
-def apply_adapters(pipe, specs: list[AdapterSpec | str]) -> list[Adapter]:
-    """Load each adapter into ``pipe.unet`` under its own name and activate them all with their weights."""
+def apply_adapters(pipe, specs: list[AdapterSpec | str], *, force: bool = False) -> list[Adapter]:
+    """Load each adapter into ``pipe.unet`` under its own name and activate them all with their weights.
+
+    Every file is read and checked against the base before the pipeline changes: an adapter whose tensors do
+    not fit the UNet is refused; one trained on other base weights is refused unless ``force``.
+    """
     specs = [parse_adapter_spec(s) if isinstance(s, str) else s for s in specs]
-    adapters = [load_adapter(spec.source) for spec in specs]  # every file checked before the pipe changes
+    adapters = [load_adapter(spec.source) for spec in specs]
+    fingerprint = base_fingerprint(pipe.unet) if adapters else None
+    for adapter in adapters:
+        check_compatible(adapter, pipe, fingerprint=fingerprint, force=force)
     names = []
     for i, (spec, adapter) in enumerate(zip(specs, adapters)):
         name = f"esd_{i}_" + re.sub(r"\W", "_", Path(spec.source).stem)
@@ -54,3 +63,39 @@ def apply_adapters(pipe, specs: list[AdapterSpec | str]) -> list[Adapter]:
     if names:
         pipe.set_adapters(names, adapter_weights=[s.weight for s in specs])
     return adapters
+
+
+def check_compatible(adapter: Adapter, pipe, *, fingerprint: str | None = None, force: bool = False) -> None:
+    """Refuse an adapter whose shapes do not fit ``pipe.unet``, or (unless ``force``) whose base differs."""
+    modules = dict(pipe.unet.named_modules())
+    for key, tensor in adapter.state_dict.items():
+        name, _, part = key.removeprefix("unet.").partition(".lora_")
+        module = modules.get(name)
+        module = getattr(module, "base_layer", module)
+        if isinstance(module, torch.nn.Linear):
+            fan_in, fan_out = module.in_features, module.out_features
+        elif isinstance(module, torch.nn.Conv2d):
+            fan_in, fan_out = module.in_channels, module.out_channels
+        else:
+            fan_in = fan_out = None
+        fits = fan_in is not None and (tensor.shape[1] == fan_in if part.startswith("A.") else
+                                       tensor.shape[0] == fan_out)
+        if not fits:
+            raise AdapterShapeMismatchError(
+                f"{_name(adapter)} does not fit this base ({_base_id(pipe)}): its tensor {key} "
+                f"{tuple(tensor.shape)} has no matching module; it was trained on {adapter.metadata.base_model} "
+                f"({adapter.metadata.family}): use it with a base of that architecture")
+    fingerprint = fingerprint or base_fingerprint(pipe.unet)
+    if adapter.metadata.base_fingerprint != fingerprint and not force:
+        raise AdapterBaseMismatchError(
+            f"{_name(adapter)} was trained on {adapter.metadata.base_model} ({adapter.metadata.base_fingerprint}), "
+            f"not on this base {_base_id(pipe)} ({fingerprint}): use an adapter trained on this base, or pass "
+            "--force (force=True) to apply it anyway")
+
+
+def _name(adapter: Adapter) -> str:
+    return str(adapter.path) if adapter.path else "the adapter"
+
+
+def _base_id(pipe) -> str:
+    return str(getattr(pipe, "name_or_path", "") or "the loaded pipeline")

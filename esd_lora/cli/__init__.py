@@ -7,9 +7,9 @@ import sys
 
 from .. import __version__
 from ..errors import EsdLoraError
-from . import erase, generate, info
+from . import erase, evaluate, generate, info
 
-COMMANDS = (erase, generate, info)
+COMMANDS = (erase, generate, evaluate, info)
 
 
 def build_parser() -> argparse.ArgumentParser:

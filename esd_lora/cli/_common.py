@@ -30,3 +30,10 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="torch device (default: cuda, else mps, else cpu)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                         help="dtype of the base model weights; auto = bf16/fp16 on CUDA, fp32 elsewhere")
+
+
+def add_adapters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--adapter", action="append", default=[], metavar="FILE[:WEIGHT]",
+                        help="an adapter file and optional weight; repeat to stack several")
+    parser.add_argument("--force", action="store_true",
+                        help="apply adapters trained on another base of the same architecture")

@@ -6,7 +6,7 @@ import re
 
 from ..adapter import atomic_path, check_output
 from ..generate import generate
-from ._common import add_base, add_command, add_device
+from ._common import add_adapters, add_base, add_command, add_device
 
 EXAMPLES = """\
   esd-lora generate "a painting by van gogh" --base ./sd15 --adapter no-van-gogh.safetensors
@@ -19,8 +19,7 @@ def register(sub) -> None:
                     examples=EXAMPLES, run=run)
     p.add_argument("prompt", metavar="PROMPT", help="text prompt")
     add_base(p)
-    p.add_argument("--adapter", action="append", default=[], metavar="FILE[:WEIGHT]",
-                   help="an adapter file and optional weight; repeat to stack several")
+    add_adapters(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image j uses seed + j")
     p.add_argument("--num-images", type=int, default=4, help="images per row")
     p.add_argument("--steps", type=int, default=30, help="denoising steps")
@@ -36,7 +35,8 @@ def run(args) -> int:
     out = check_output(args.out or f"generate-{slug}.png", overwrite=args.overwrite)
     comparison = generate(args.base, args.prompt, adapters=args.adapter, seed=args.seed,
                           num_images=args.num_images, steps=args.steps, guidance_scale=args.guidance_scale,
-                          negative_prompt=args.negative_prompt, device=args.device, dtype=args.dtype)
+                          negative_prompt=args.negative_prompt, device=args.device, dtype=args.dtype,
+                          force=args.force)
     with atomic_path(out) as tmp:
         comparison.grid().save(tmp, format="PNG")
     print(f"wrote {out}: '{args.prompt}', seeds {comparison.seeds[0]}..{comparison.seeds[-1]}, "

@@ -1,0 +1,239 @@
+"""Measure an erasure: how often images of each concept are still judged as that concept.
+
+On the bundled base, every concept of the bundled world is prompted with its training phrasings and with
+held-out phrasings and synonyms; the bundled judge labels each image. The same prompts and seeds are used for
+the base and for base + adapters, so the two rates differ only by the adapters.
+
+On a real model there is no built-in judge: :func:`generate_for_judges` takes a prompts CSV in the authors'
+format (``prompt, evaluation_seed, case_number``) and writes the images and a manifest for an external judge
+(NudeNet, a ResNet-50 classifier, ...), as the paper's evaluation does.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import ConfigError, OutputExistsError
+from .families import load_pipeline
+from .generate import compare_grid
+from .stack import AdapterSpec, apply_adapters, parse_adapter_spec
+
+SPLITS = ("train", "held-out")
+CSV_COLUMNS = ("prompt", "evaluation_seed", "case_number")
+
+
+class UnknownConceptError(ConfigError):
+    """A concept the bundled judge does not know."""
+
+
+@dataclass
+class ConceptScore:
+    """Share of images judged as ``concept``, from the base and from base + adapters."""
+
+    concept: str
+    dimension: str
+    split: str
+    base: float
+    adapted: float
+    images: int
+
+
+@dataclass
+class Report:
+    """The result of :func:`evaluate`: one row per concept and phrasing split, plus the settings."""
+
+    rows: list[ConceptScore]
+    settings: dict
+    adapters: list[dict] = field(default_factory=list)
+    samples: dict[str, dict[str, list[Image.Image]]] = field(default_factory=dict, repr=False)
+
+    def rate(self, concept: str, which: str = "adapted", split: str | None = None) -> float:
+        """Mean rate of ``concept`` over the splits (or one split), ``which`` = 'base' or 'adapted'."""
+        rows = [r for r in self.rows if r.concept == concept and (split is None or r.split == split)]
+        return float(np.mean([getattr(r, which) for r in rows]))
+
+    def table(self) -> str:
+        lines = [f"{'concept':<10} {'dimension':<9} {'split':<8} {'base':>6} {'adapted':>8}  change"]
+        for r in self.rows:
+            lines.append(f"{r.concept:<10} {r.dimension:<9} {r.split:<8} {r.base:>6.0%} {r.adapted:>8.0%}  "
+                         f"{(r.adapted - r.base) * 100:+.0f} pts")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"settings": self.settings, "adapters": self.adapters, "rows": [asdict(r) for r in self.rows]}
+
+    def grid(self, per_concept: int = 4) -> Image.Image:
+        """Per concept, ``per_concept`` base images then the same prompts and seeds with the adapters."""
+        rows = {concept: images["base"][:per_concept] + images["adapted"][:per_concept]
+                for concept, images in self.samples.items()}
+        return compare_grid(rows, title=f"left {per_concept}: base, right {per_concept}: with adapters")
+
+    def save(self, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write report.json, report.txt and grid.png into the folder ``out`` (atomically, as a whole)."""
+        def write(folder: Path) -> None:
+            (folder / "report.json").write_text(json.dumps(self.to_dict(), indent=2))
+            (folder / "report.txt").write_text(self.table() + "\n")
+            self.grid().save(folder / "grid.png")
+        return write_folder(out, write, overwrite=overwrite)
+
+
+def evaluate(base=None, *, adapters: list[AdapterSpec | str] = (), concepts: list[str] | None = None,
+             n: int = 32, steps: int = 25, guidance_scale: float = 5.0, seed: int = 0, device: str | None = None,
+             dtype: str = "auto", batch_size: int = 128, force: bool = False) -> Report:
+    """Judge ``n`` images per concept and phrasing split, from the base and from base + ``adapters``.
+
+    ``base`` defaults to the bundled base model, the only one the bundled judge can score.
+    """
+    from .bundled import world
+    from .bundled.judge import judge
+
+    known = world.all_concepts()
+    concepts = list(concepts) if concepts else known
+    unknown = [c for c in concepts if c not in known]
+    if unknown:
+        raise UnknownConceptError(f"the bundled judge does not know {', '.join(unknown)}: it knows "
+                                  f"{', '.join(known)}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"n must be a positive integer, got {n!r}")
+    specs = [parse_adapter_spec(s) if isinstance(s, str) else s for s in adapters]
+    pipe = load_pipeline(base or "bundled", device=device, dtype=dtype) if not hasattr(base, "unet") else base
+    plan = [(c, split, _prompts(world.prompts_for(c, split), n, seed + 100 * i + j), seed + 10_000 * i + 1_000 * j)
+            for i, c in enumerate(concepts) for j, split in enumerate(SPLITS)]
+
+    def run() -> list[list[Image.Image]]:
+        return [_generate(pipe, prompts, s, steps, guidance_scale, batch_size) for _, _, prompts, s in plan]
+
+    loaded = apply_adapters(pipe, specs, force=force) if specs else []
+    try:
+        if loaded:
+            pipe.disable_lora()
+        base_images = run()
+        if loaded:
+            pipe.enable_lora()
+            adapted_images = run()
+        else:
+            adapted_images = base_images
+    finally:
+        if loaded:
+            pipe.unload_lora_weights()
+
+    rows, samples = [], {}
+    for (concept, split, _, _), before, after in zip(plan, base_images, adapted_images):
+        dim = world.concept_dimension(concept)
+        rate = lambda images: float(np.mean([lab[dim] == concept for lab in judge(images)]))  # noqa: E731
+        rows.append(ConceptScore(concept, dim, split, rate(before), rate(after), len(before)))
+        if split == "train":
+            samples[concept] = {"base": before, "adapted": after}
+    settings = {"base": str(getattr(pipe, "name_or_path", base)), "n": n, "steps": steps,
+                "guidance_scale": guidance_scale, "seed": seed}
+    described = [{"source": s.source, "weight": s.weight, "concepts": a.metadata.config.concepts,
+                  "method": a.metadata.config.method} for s, a in zip(specs, loaded)]
+    return Report(rows=rows, settings=settings, adapters=described, samples=samples)
+
+
+def read_prompts_csv(path: str | os.PathLike) -> list[dict]:
+    """Rows of a prompts CSV in the authors' format, checked for the three columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"prompts CSV {path} does not exist")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ConfigError(f"{path} lacks column(s) {', '.join(missing)}: a prompts CSV needs "
+                              f"{', '.join(CSV_COLUMNS)}")
+        rows = list(reader)
+    for i, row in enumerate(rows, start=2):
+        try:
+            row["evaluation_seed"] = int(row["evaluation_seed"])
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path} line {i}: evaluation_seed {row['evaluation_seed']!r} is not an integer") \
+                from None
+    return rows
+
+
+def generate_for_judges(base, prompts_csv: str | os.PathLike, out: str | os.PathLike, *,
+                        adapters: list[AdapterSpec | str] = (), steps: int = 50, guidance_scale: float = 7.5,
+                        device: str | None = None, dtype: str = "auto", overwrite: bool = False,
+                        force: bool = False) -> Path:
+    """For each CSV row, generate its image from the base and from base + adapters, seeded by the row.
+
+    Writes ``base/<case_number>.png``, ``adapted/<case_number>.png`` and ``manifest.csv`` (one row per image:
+    case_number, prompt, evaluation_seed, model, path) into the folder ``out``.
+    """
+    check_folder(out, overwrite=overwrite)
+    rows = read_prompts_csv(prompts_csv)
+    specs = [parse_adapter_spec(s) if isinstance(s, str) else s for s in adapters]
+    pipe = load_pipeline(base or "bundled", device=device, dtype=dtype) if not hasattr(base, "unet") else base
+    loaded = apply_adapters(pipe, specs, force=force) if specs else []
+
+    def write(folder: Path) -> None:
+        with (folder / "manifest.csv").open("w", newline="") as f:
+            manifest = csv.writer(f)
+            manifest.writerow(["case_number", "prompt", "evaluation_seed", "model", "path"])
+            for model in ("base", "adapted") if loaded else ("base",):
+                (folder / model).mkdir()
+                if loaded:
+                    (pipe.disable_lora if model == "base" else pipe.enable_lora)()
+                for row in rows:
+                    image = _generate(pipe, [row["prompt"]], row["evaluation_seed"], steps, guidance_scale, 1)[0]
+                    name = f"{model}/{row['case_number']}.png"
+                    image.save(folder / name)
+                    manifest.writerow([row["case_number"], row["prompt"], row["evaluation_seed"], model, name])
+    try:
+        return write_folder(out, write, overwrite=overwrite)
+    finally:
+        if loaded:
+            pipe.unload_lora_weights()
+
+
+def check_folder(out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Refuse an output folder that exists, unless ``overwrite``."""
+    out = Path(out).expanduser()
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} already exists: choose another --out or pass --overwrite")
+    return out
+
+
+def write_folder(out: str | os.PathLike, write, *, overwrite: bool = False) -> Path:
+    """Let ``write(tmp_folder)`` fill a temporary folder beside ``out``, then move it into place."""
+    out = check_folder(out, overwrite=overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        write(tmp)
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _prompts(pool: list[str], n: int, seed: int) -> list[str]:
+    """``n`` prompts from ``pool``, without repetition while the pool lasts, deterministic."""
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(len(pool)) for _ in range(n // len(pool) + 1)])
+    return [pool[i] for i in order[:n]]
+
+
+@torch.no_grad()
+def _generate(pipe, prompts: list[str], seed: int, steps: int, guidance: float, batch_size: int) -> list[Image.Image]:
+    images = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start:start + batch_size]
+        generators = [torch.Generator().manual_seed(seed + start + j) for j in range(len(batch))]
+        images += pipe(batch, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
+                       output_type="pil").images
+    return images
