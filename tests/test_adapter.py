@@ -35,13 +35,19 @@ def test_metadata_round_trip(sd1_adapter, tiny_dirs):
     assert all(k.startswith("unet.") and (".lora_A." in k or ".lora_B." in k) for k in adapter.state_dict)
 
 
-def test_stock_diffusers_loading_matches_ours_and_differs_from_base(tiny_dirs, sd1_adapter):
-    pipe = load_pipeline(tiny_dirs["sd1"], device="cpu")
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_stock_diffusers_loading_matches_ours_and_differs_from_base(tiny_dirs, sd1_adapter, tmp_path, family):
+    adapter = sd1_adapter
+    if family != "sd1":
+        adapter = tmp_path / f"{family}.safetensors"
+        esd_lora.erase(tiny_dirs[family], "red", iterations=2, ddim_steps=3, lr=5e-2, alpha=2.0, progress=False,
+                       out=adapter)
+    pipe = load_pipeline(tiny_dirs[family], device="cpu")
     base = _images(pipe)
-    pipe.load_lora_weights(str(sd1_adapter))  # stock diffusers, reads alpha from the header
+    pipe.load_lora_weights(str(adapter))  # stock diffusers, reads alpha from the header
     stock = _images(pipe)
     pipe.unload_lora_weights()
-    esd_lora.apply_adapters(pipe, [str(sd1_adapter)])
+    esd_lora.apply_adapters(pipe, [str(adapter)])
     ours = _images(pipe)
     assert np.array_equal(stock, ours)
     assert np.abs(stock - base).max() > 1e-3
