@@ -42,6 +42,10 @@ class EraseConfig:
     erase_from: str | None = _opt(
         None, "erase the concept only from this prompt (e.g. 'glasses' from 'a scientist'): its frozen "
         "prediction replaces the unconditional one")
+    preserve: list[str] = field(default_factory=list, metadata={"help": (
+        "anchor prompts whose frozen predictions the adapter must keep (e.g. neighbouring concepts); one is "
+        "drawn per step")})
+    preserve_weight: float = _opt(1.0, "weight of the preservation term")
     eta: float = _opt(1.0, "negative guidance strength (paper form; the authors' later code's eta=2 is ours=1)")
     start_guidance: float = _opt(3.0, "classifier-free guidance used to sample the partial trajectory x_t")
     ddim_steps: int = _opt(50, "DDIM steps of the sampling schedule a stopping step is drawn from")
@@ -66,6 +70,9 @@ class EraseConfig:
         if self.method not in METHODS:
             raise UnknownMethodError(
                 f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if isinstance(self.preserve, str):
+            self.preserve = [self.preserve]
+        self.preserve = [_clean_concept(p, what="preserve prompt") for p in self.preserve]
         if self.erase_from is not None:
             self.erase_from = _clean_concept(self.erase_from, what="erase_from prompt")
         if self.sample_with not in SAMPLERS:
@@ -78,13 +85,15 @@ class EraseConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.alpha is None:
             self.alpha = float(self.rank)
-        for name in ("eta", "start_guidance", "lr", "alpha"):
+        for name in ("eta", "start_guidance", "lr", "alpha", "preserve_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"{name} must be a finite number, got {value!r}")
             setattr(self, name, float(value))
         if self.lr <= 0 or self.alpha <= 0:
             raise ConfigError("lr and alpha must be greater than 0")
+        if self.preserve_weight < 0:
+            raise ConfigError(f"preserve_weight must be 0 or more, got {self.preserve_weight}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -8,7 +8,8 @@ switched off it is the frozen teacher, bit for bit the base model. Each step:
    the paper, or by the frozen one);
 3. ask the frozen model for ``e0`` (unconditional, or the ``erase_from`` prompt) and ``ep`` (the concept) in
    one batched forward, and the trained model for ``en`` (the concept);
-4. step Adam on ``MSE(en, e0 - eta * (ep - e0))``.
+4. step Adam on ``MSE(en, e0 - eta * (ep - e0))``, plus, with ``preserve`` prompts, ``preserve_weight`` times
+   the MSE between the trained and the frozen prediction for one of them at the same ``x_t``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .adapter import Adapter, AdapterMetadata, base_fingerprint, check_output
 from .config import EraseConfig
 from .errors import ConfigError, NonFiniteLossError
 from .families import Conditioning, family_of, load_pipeline
-from .objective import esd_loss, guided
+from .objective import esd_loss, guided, preservation_loss
 
 ADAPTER_NAME = "esd"
 _LOSS_WINDOW = 50  # the reported final loss is the mean over this many last steps
@@ -121,13 +122,14 @@ def _train(pipe, family, config: EraseConfig, *, progress: bool, callback) -> fl
     sampler = DDIMScheduler.from_config(pipe.scheduler.config)
     sampler.set_timesteps(config.ddim_steps, device=device)
 
-    # Text is frozen: encode every prompt once. Row 0 is the empty prompt, the last row the erase_from prompt.
-    prompts = ["", *config.concepts] + ([config.erase_from] if config.erase_from else [])
-    texts = family.encode(prompts)
-    uncond, anchor = texts[0], texts[len(prompts) - 1] if config.erase_from else texts[0]
-    n = len(config.concepts)
-    sample_pairs = [Conditioning.cat([uncond, texts[1 + i]]) for i in range(n)]   # CFG sampling of x_t
-    teacher_pairs = [Conditioning.cat([anchor, texts[1 + i]]) for i in range(n)]  # e0 and ep together
+    # Text is frozen: encode every prompt once: "", the concepts, the preserved prompts, then erase_from.
+    n, m = len(config.concepts), len(config.preserve)
+    texts = family.encode(["", *config.concepts, *config.preserve] + ([config.erase_from] if config.erase_from
+                                                                       else []))
+    uncond = texts[0]
+    anchor = texts[1 + n + m] if config.erase_from else uncond
+    concepts = [texts[1 + i] for i in range(n)]
+    preserved = [texts[1 + n + j] for j in range(m)]
 
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr)
@@ -137,15 +139,19 @@ def _train(pipe, family, config: EraseConfig, *, progress: bool, callback) -> fl
         i = int(torch.randint(n, (1,), generator=generator))
         k = int(torch.randint(config.ddim_steps, (1,), generator=generator))
         noise = torch.randn((1, *family.latent_shape), generator=generator)
+        # The student sees the concept and, with a preservation term, one preserved prompt at the same x_t.
+        student_texts = [concepts[i]] + ([preserved[int(torch.randint(m, (1,), generator=generator))]] if m else [])
         with torch.no_grad():
             with frozen(unet) if config.sample_with == "frozen" else nullcontext():
                 x = _sample_until(unet, sampler, noise.to(device, dtype) * sampler.init_noise_sigma, k,
-                                  sample_pairs[i], config.start_guidance)
+                                  Conditioning.cat([uncond, concepts[i]]), config.start_guidance)
             t = sampler.timesteps[k]
-            with frozen(unet):
-                e0, ep = unet(torch.cat([x, x]), t, **teacher_pairs[i].unet_kwargs()).sample.chunk(2)
-        en = unet(x, t, **texts[1 + i].unet_kwargs()).sample
-        loss = esd_loss(en, e0, ep, config.eta)
+            with frozen(unet):  # e0, ep (and the preserved prompt's prediction) in one batched forward
+                teacher = _predict(unet, x, t, [anchor, *student_texts])
+        student = _predict(unet, x, t, student_texts)
+        loss = esd_loss(student[0], teacher[0], teacher[1], config.eta)
+        if m:
+            loss = loss + config.preserve_weight * preservation_loss(student[1], teacher[2])
         value = loss.item()
         if not math.isfinite(value):
             raise NonFiniteLossError(f"loss became {value} at iteration {step + 1}; nothing was written: lower "
@@ -158,6 +164,12 @@ def _train(pipe, family, config: EraseConfig, *, progress: bool, callback) -> fl
         if callback is not None:
             callback(step + 1, value)
     return sum(recent) / len(recent)
+
+
+def _predict(unet, x: torch.Tensor, t, texts: list[Conditioning]) -> tuple[torch.Tensor, ...]:
+    """The UNet's predictions at one ``x_t`` for several prompts, in one batched forward."""
+    batch = Conditioning.cat(texts)
+    return unet(x.expand(len(texts), *x.shape[1:]), t, **batch.unet_kwargs()).sample.chunk(len(texts))
 
 
 def _sample_until(unet, sampler, x: torch.Tensor, k: int, pair: Conditioning, guidance: float) -> torch.Tensor:

@@ -42,3 +42,8 @@ def to_epsilon(pred: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor | 
         alpha_bar = torch.as_tensor(alpha_bar, dtype=pred.dtype, device=pred.device)
         return (1 - alpha_bar).sqrt() * x_t + alpha_bar.sqrt() * pred
     raise ValueError(f"unsupported prediction_type {prediction_type!r}: expected 'epsilon' or 'v_prediction'")
+
+
+def preservation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared error that keeps the trained model's prediction for a preserved prompt at the frozen one."""
+    return F.mse_loss(student.float(), teacher.detach().float())

@@ -25,6 +25,8 @@ def test_defaults_and_normalisation():
     ({"concepts": ["x"], "lr": -1.0}, ConfigError, "lr"),
     ({"concepts": ["x"], "sample_with": "teacher"}, ConfigError, "sample_with"),
     ({"concepts": ["x"], "dtype": "fp8"}, ConfigError, "dtype"),
+    ({"concepts": ["x"], "preserve": ["ok", " "]}, EmptyConceptError, "preserve"),
+    ({"concepts": ["x"], "preserve_weight": -1.0}, ConfigError, "preserve_weight"),
 ])
 def test_bad_values_are_refused(kwargs, error, match):
     with pytest.raises(error, match=match):

@@ -78,6 +78,8 @@ def test_seeded_training_is_reproducible(sd1_pipe):
     {"sample_with": "frozen"},
     {"erase_from": "a shape"},
     {"method": "esd-x-strict", "eta": 2.0, "start_guidance": 1.0},
+    {"preserve": ["blue", "a star"], "preserve_weight": 2.0},
+    {"preserve": ["blue"], "erase_from": "a shape"},
 ])
 def test_options_train(sd1_pipe, options):
     adapter = esd_lora.erase(sd1_pipe, ["red", "green"], iterations=2, ddim_steps=3, progress=False, **options)
@@ -118,3 +120,20 @@ def test_half_precision_base_trains_an_fp32_adapter(tiny_dirs, dtype):
     assert dtypes == {torch.float32}
     assert pipe.unet.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in adapter.state_dict.values())
+
+
+def test_preservation_keeps_the_preserved_prompt_closer_to_the_base(sd1_pipe):
+    g = torch.Generator().manual_seed(3)
+    x, t = torch.randn(4, 4, 8, 8, generator=g), torch.tensor(400)
+    cond = family_of(sd1_pipe).encode(["blue"] * 4).unet_kwargs()
+    drift = {}
+    for preserve in ([], ["blue"]):
+        def measure(step, loss):
+            if step == 8:
+                with torch.no_grad():
+                    with frozen(sd1_pipe.unet):
+                        before = sd1_pipe.unet(x, t, **cond).sample
+                    drift[bool(preserve)] = (sd1_pipe.unet(x, t, **cond).sample - before).pow(2).mean().item()
+        esd_lora.erase(sd1_pipe, "red", preserve=preserve, preserve_weight=10.0, iterations=8, ddim_steps=3,
+                       lr=2e-2, progress=False, callback=measure)
+    assert drift[True] < 0.5 * drift[False], drift

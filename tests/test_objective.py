@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from esd_lora.objective import esd_loss, esd_target, guided, to_epsilon
+from esd_lora.objective import esd_loss, esd_target, guided, preservation_loss, to_epsilon
 
 
 @pytest.fixture
@@ -63,3 +63,12 @@ def test_guided(preds):
     assert torch.allclose(guided(u, c, 1.0), c, atol=1e-6)
     assert torch.allclose(guided(u, c, 0.0), u)
     assert torch.allclose(guided(u, c, 3.0), u + 3 * (c - u))
+
+
+def test_preservation_loss(preds):
+    student, teacher, _, _ = (p.clone().requires_grad_() for p in preds)
+    loss = preservation_loss(student, teacher)
+    assert torch.allclose(loss, ((student - teacher) ** 2).mean())
+    loss.backward()
+    assert teacher.grad is None and student.grad is not None
+    assert preservation_loss(teacher, teacher).item() == 0

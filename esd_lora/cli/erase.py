@@ -29,6 +29,9 @@ def register(sub) -> None:
         p.add_argument(flag, dest=name, type=kind, default=EraseConfig.__dataclass_fields__[name].default,
                        help=EraseConfig.help(name))
     p.add_argument("--erase-from", default=None, metavar="TEXT", help=EraseConfig.help("erase_from"))
+    p.add_argument("--preserve", action="append", default=[], metavar="TEXT",
+                   help=EraseConfig.help("preserve") + "; repeat for several")
+    p.add_argument("--preserve-weight", type=float, default=1.0, help=EraseConfig.help("preserve_weight"))
     p.add_argument("--sample-with", default="trained", choices=("trained", "frozen"),
                    help=EraseConfig.help("sample_with"))
     add_device(p)
@@ -41,7 +44,7 @@ def register(sub) -> None:
 def run(args) -> int:
     options = {name: getattr(args, name) for name in (
         "method", "iterations", "lr", "rank", "alpha", "eta", "start_guidance", "ddim_steps", "seed",
-        "erase_from", "sample_with", "device", "dtype")}
+        "erase_from", "preserve", "preserve_weight", "sample_with", "device", "dtype")}
     config = EraseConfig(concepts=args.concepts, **options)  # validates before the model is loaded
     out = args.out or default_name(config)
     adapter = erase(args.base, config.concepts, config=config, out=out, overwrite=args.overwrite,
