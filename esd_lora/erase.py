@@ -33,7 +33,7 @@ from . import __version__
 from .adapter import Adapter, AdapterMetadata, base_fingerprint, check_output
 from .config import EraseConfig
 from .errors import ConfigError, NonFiniteLossError
-from .families import Conditioning, family_of, load_pipeline
+from .families import SHORT_NAMES, Conditioning, family_of, load_pipeline
 from .objective import esd_loss, guided, preservation_loss
 
 ADAPTER_NAME = "esd"
@@ -202,4 +202,6 @@ def _make_config(concepts, config: EraseConfig | None, options: dict) -> EraseCo
 
 
 def _pipeline_id(pipe) -> str:
-    return str(getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "") or "unknown")
+    """How the metadata names a loaded pipeline's base: its short name, Hub id or path."""
+    name = str(getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "") or "unknown")
+    return {path: short for short, path in SHORT_NAMES.items()}.get(name, name)

@@ -74,6 +74,9 @@ class Report:
 
     def grid(self, per_concept: int = 4) -> Image.Image:
         """Per concept, ``per_concept`` base images then the same prompts and seeds with the adapters."""
+        if not self.adapters:
+            return compare_grid({c: images["base"][:per_concept] for c, images in self.samples.items()},
+                                title="base model")
         rows = {concept: images["base"][:per_concept] + images["adapted"][:per_concept]
                 for concept, images in self.samples.items()}
         return compare_grid(rows, title=f"left {per_concept}: base, right {per_concept}: with adapters")

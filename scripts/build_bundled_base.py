@@ -1,0 +1,454 @@
+"""Rebuild the bundled Stable-Diffusion-architecture base model from scratch, offline.
+
+The model is trained on the synthetic concept world of
+:mod:`esd_lora.bundled.world` and saved as a stock ``StableDiffusionPipeline``
+(``AutoencoderKL`` + ``UNet2DConditionModel`` + ``CLIPTextModel`` /
+``CLIPTokenizer`` + ``DDIMScheduler``) with ``save_pretrained(...,
+safe_serialization=True)``.
+
+Stages (all seeded):
+
+1. render a fixed training set of 32x32 images of the concept world;
+2. build a byte-level BPE ``CLIPTokenizer`` whose vocabulary covers every
+   caption word (each word is a single token);
+3. train the ``AutoencoderKL`` (32x32x3 -> 8x8x8 latents) on the images and
+   set its ``scaling_factor`` so that scaled latents have unit variance;
+4. encode the images once, then train the ``UNet2DConditionModel`` and the
+   ``CLIPTextModel`` jointly on the latents (epsilon prediction, min-SNR
+   weighting, 10 % empty captions for classifier-free guidance, EMA weights);
+5. assemble and save the pipeline, and write the tokenizer files.
+
+Usage::
+
+    python scripts/build_bundled_base.py --out esd_lora/bundled/base
+
+Build time on 2 shared CPU cores (AMD EPYC, torch 2.13 CPU) of the bundled
+model, ``--budget-minutes 36``: 36.0 minutes (render 40 s, VAE 1400 steps
+~9 min, UNet 1979 of 3300 steps ~26.5 min before the budget ended it).  The
+UNet runs at ~1.2-1.3 steps/s there, so the full 3300 steps take ~45 min.
+``--budget-minutes`` squeezes the UNet learning-rate schedule into the
+remaining wall-clock budget and stops it there, so a slower machine still
+finishes (with a weaker model).  That bundled model does NOT yet follow its
+prompts (see the model card ``esd_lora/bundled/base/README.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
+
+from esd_lora.bundled import world  # noqa: E402
+from esd_lora.bundled.judge import judge  # noqa: E402
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+MAX_LENGTH = 77
+LATENT_CHANNELS = 8
+"""8 latent channels: with 4, the autoencoder blurred the 7-pixel patterns (judge pattern accuracy on reconstructions 83 %)."""
+
+
+# --------------------------------------------------------------------------- #
+# Tokenizer
+# --------------------------------------------------------------------------- #
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2 / CLIP byte-to-printable-character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Apply BPE merges (lowest rank first) to a list of symbols."""
+    while len(symbols) > 1:
+        pairs = [(ranks.get((a, b), math.inf), i) for i, (a, b) in enumerate(zip(symbols, symbols[1:]))]
+        rank, i = min(pairs)
+        if rank == math.inf:
+            break
+        symbols = symbols[:i] + [symbols[i] + symbols[i + 1]] + symbols[i + 2 :]
+    return symbols
+
+
+def build_vocab_and_merges(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Byte-level BPE vocabulary and merges in which every word is one token.
+
+    The base vocabulary holds the 256 byte symbols with and without the
+    ``</w>`` end-of-word suffix, like CLIP.  Merges are appended greedily
+    (always with the highest rank so far) until each word reduces to a single
+    token; a merge with the highest rank never changes words already handled.
+    """
+    byte_chars = list(_bytes_to_unicode().values())
+    tokens = byte_chars + [c + "</w>" for c in byte_chars]
+    merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
+    for word in words:
+        chars = [_bytes_to_unicode()[b] for b in word.encode("utf-8")]
+        while True:
+            symbols = _bpe(chars[:-1] + [chars[-1] + "</w>"], ranks)
+            if len(symbols) == 1:
+                break
+            pair = (symbols[0], symbols[1])
+            ranks[pair] = len(merges)
+            merges.append(pair)
+            tokens.append(pair[0] + pair[1])
+    tokens = list(dict.fromkeys(tokens)) + [BOS, EOS]
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
+def build_tokenizer(workdir: Path) -> CLIPTokenizer:
+    """Write vocab.json / merges.txt for the world's vocabulary and load a CLIPTokenizer."""
+    vocab, merges = build_vocab_and_merges(world.vocabulary())
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=0))
+    (workdir / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    tok = CLIPTokenizer(vocab=str(workdir / "vocab.json"), merges=str(workdir / "merges.txt"), model_max_length=MAX_LENGTH)
+    for w in world.vocabulary():
+        ids = tok(w, add_special_tokens=False).input_ids
+        assert len(ids) == 1, f"word {w!r} is not a single token: {ids}"
+    return tok
+
+
+class CaptionTokens:
+    """Caches ``input_ids`` of captions (padded to 77 like the pipeline does)."""
+
+    def __init__(self, tokenizer: CLIPTokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        missing = [c for c in dict.fromkeys(captions) if c not in self.cache]
+        if missing:
+            ids = self.tokenizer(missing, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt").input_ids
+            self.cache.update(zip(missing, ids))
+        return torch.stack([self.cache[c] for c in captions])
+
+
+# --------------------------------------------------------------------------- #
+# Models
+# --------------------------------------------------------------------------- #
+
+
+def make_vae() -> AutoencoderKL:
+    """32x32x3 <-> 8x8xLATENT_CHANNELS KL autoencoder (~1 M parameters)."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        latent_channels=LATENT_CHANNELS,
+        norm_num_groups=16,
+        sample_size=world.IMAGE_SIZE,
+    )
+
+
+def make_unet(cross_attention_dim: int) -> UNet2DConditionModel:
+    """Cross-attention UNet on 8x8xLATENT_CHANNELS latents (~4.8 M parameters)."""
+    return UNet2DConditionModel(
+        sample_size=world.IMAGE_SIZE // 4,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        layers_per_block=1,
+        block_out_channels=(64, 96, 128),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+
+
+def make_text_encoder(tokenizer: CLIPTokenizer, hidden: int = 128) -> CLIPTextModel:
+    """Small CLIP text transformer (~0.7 M parameters)."""
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_LENGTH,
+        projection_dim=hidden,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config)
+
+
+def make_scheduler() -> DDIMScheduler:
+    """DDIM sampler over a 1000-step linear-beta DDPM schedule (epsilon prediction)."""
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.0001,
+        beta_end=0.02,
+        beta_schedule="linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+
+
+# --------------------------------------------------------------------------- #
+# Training stages
+# --------------------------------------------------------------------------- #
+
+
+def to_model_space(images: np.ndarray) -> torch.Tensor:
+    """NHWC uint8 -> NCHW float in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+class Clock:
+    """Training progress as the larger of the step fraction and the wall-clock budget fraction."""
+
+    def __init__(self, total_steps: int, budget_s: float = math.inf) -> None:
+        self.total_steps = total_steps
+        self.start = time.time()
+        self.budget_s = budget_s
+
+    def progress(self, step: int) -> float:
+        return max(step / self.total_steps, (time.time() - self.start) / self.budget_s)
+
+    def done(self, step: int) -> bool:
+        return self.progress(step) >= 1.0
+
+
+def cosine_lr(progress: float, warmup: float = 0.03) -> float:
+    """Linear warm-up then cosine decay to 10 %, as a multiplier of the peak LR."""
+    if progress < warmup:
+        return max(progress, 1e-3) / warmup
+    frac = (progress - warmup) / (1.0 - warmup)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
+
+
+class ThreadGovernor:
+    """Drop to one torch thread while other processes compete for the CPU.
+
+    On a small shared machine, two OpenMP threads competing with another busy
+    process slow training down several-fold; one thread degrades gracefully.
+    Decided from the 1-minute load average every ``every`` steps.
+    """
+
+    def __init__(self, max_threads: int, every: int = 25) -> None:
+        self.max_threads = max_threads
+        self.every = every
+        torch.set_num_threads(max_threads)
+
+    def update(self, step: int) -> None:
+        if step % self.every or self.max_threads == 1:
+            return
+        load = os.getloadavg()[0]
+        threads = torch.get_num_threads()
+        if threads > 1 and load > threads + 0.7:
+            torch.set_num_threads(1)
+        elif threads == 1 and load < 1.5:
+            torch.set_num_threads(self.max_threads)
+
+
+def train_vae(images: torch.Tensor, steps: int, batch_size: int, gen: torch.Generator, device: str, governor: ThreadGovernor) -> AutoencoderKL:
+    """Train the autoencoder with L1 + L2 reconstruction losses and a small KL term."""
+    vae = make_vae().to(device).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    clock = Clock(steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(clock.progress(s)))
+    bar = tqdm(range(steps), desc="vae", mininterval=5)
+    for step in bar:
+        governor.update(step)
+        idx = torch.randint(0, len(images), (batch_size,), generator=gen)
+        x = images[idx].to(device)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=None)).sample
+        kl = post.kl().mean() / post.mean[0].numel()
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-3 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}", kl=f"{kl.item():.2f}", refresh=False)
+    return vae.eval()
+
+
+@torch.no_grad()
+def encode_latents(vae: AutoencoderKL, images: torch.Tensor, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior means and standard deviations of all images (unscaled)."""
+    means, stds = [], []
+    for i in range(0, len(images), 512):
+        post = vae.encode(images[i : i + 512].to(device)).latent_dist
+        means.append(post.mean.cpu())
+        stds.append(post.std.cpu())
+    return torch.cat(means), torch.cat(stds)
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """In-place exponential moving average of parameters."""
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm, 1.0 - decay)
+
+
+def train_unet(
+    latents: tuple[torch.Tensor, torch.Tensor],
+    attrs: list[tuple[str, str, str]],
+    tokens: CaptionTokens,
+    text_encoder: CLIPTextModel,
+    args: argparse.Namespace,
+    gen: torch.Generator,
+    rng: np.random.Generator,
+    governor: ThreadGovernor,
+    budget_s: float = math.inf,
+) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+    """Jointly train UNet and text encoder on scaled latents; return the EMA copies."""
+    device = args.device
+    unet = make_unet(text_encoder.config.hidden_size).to(device).train()
+    text_encoder = text_encoder.to(device).train()
+    ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
+    clock = Clock(args.unet_steps, budget_s)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(clock.progress(s)))
+    noise_sched = make_scheduler()
+    alphas_cumprod = noise_sched.alphas_cumprod.to(device)
+    mean, std = latents
+    bar = tqdm(range(args.unet_steps), desc="unet", mininterval=10)
+    for step in bar:
+        governor.update(step)
+        idx = torch.randint(0, len(mean), (args.batch_size,), generator=gen)
+        x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)).to(device)
+        captions = [world.sample_caption(*attrs[i], rng) for i in idx.tolist()]
+        cond = text_encoder(tokens(captions).to(device)).last_hidden_state
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (args.batch_size,), generator=gen).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        xt = noise_sched.add_noise(x0, noise, t)
+        pred = unet(xt, t, cond).sample
+        snr = alphas_cumprod[t] / (1.0 - alphas_cumprod[t])
+        weight = torch.clamp(snr, max=args.min_snr_gamma) / snr
+        loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        decay = min(args.ema_decay, (1 + step) / (10 + step))
+        ema_update(ema_unet, unet, decay)
+        ema_update(ema_text, text_encoder, decay)
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if clock.done(step + 1) and step + 1 < args.unet_steps:
+            print(f"time budget reached after {step + 1} UNet steps", flush=True)
+            break
+    return ema_unet.cpu(), ema_text.cpu()
+
+
+def save_pipeline(out: Path, vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer) -> None:
+    """Assemble a StableDiffusionPipeline and save it with safetensors."""
+    pipe = StableDiffusionPipeline(
+        vae=vae.cpu(),
+        text_encoder=text_encoder.cpu(),
+        tokenizer=tokenizer,
+        unet=unet.cpu(),
+        scheduler=make_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(str(out), safe_serialization=True)
+
+
+@torch.no_grad()
+def vae_reconstruction_accuracy(vae: AutoencoderKL, n: int, seed: int) -> dict[str, float]:
+    """Judge accuracy per dimension on VAE reconstructions of fresh renders."""
+    images, attrs = world.render_dataset(n, seed)
+    rec = vae.decode(vae.encode(to_model_space(images).to(vae.device)).latent_dist.mean).sample
+    rec_u8 = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    labels = judge(rec_u8)
+    return {d: float(np.mean([lab[d] == a[j] for lab, a in zip(labels, attrs)])) for j, d in enumerate(world.DIMENSIONS)}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "esd_lora" / "bundled" / "base", help="output pipeline folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-images", type=int, default=30_000, help="size of the rendered training set")
+    p.add_argument("--vae-steps", type=int, default=1_400)
+    p.add_argument("--vae-batch-size", type=int, default=32)
+    p.add_argument("--unet-steps", type=int, default=3_300)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--min-snr-gamma", type=float, default=5.0)
+    p.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=None,
+        help="wall-clock budget of the whole build: the UNet learning-rate schedule is squeezed to end with it",
+    )
+    p.add_argument("--threads", type=int, default=None, help="max torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    t0 = time.time()
+    governor = ThreadGovernor(args.threads or torch.get_num_threads())
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+
+    images_np, attrs = world.render_dataset(args.n_images, seed=args.seed + 12_345)
+    images = to_model_space(images_np)
+    print(f"rendered {len(images)} images in {time.time() - t0:.0f} s", flush=True)
+
+    tokenizer_files = Path(tempfile.mkdtemp(prefix="bundled_tokenizer_"))
+    tokenizer = build_tokenizer(tokenizer_files)
+    print(f"tokenizer: {len(tokenizer)} tokens", flush=True)
+
+    vae = train_vae(images, args.vae_steps, args.vae_batch_size, gen, args.device, governor)
+    mean, std = encode_latents(vae, images, args.device)
+    scaling = float(1.0 / mean.std())
+    vae.register_to_config(scaling_factor=scaling)
+    print(f"vae done at {time.time() - t0:.0f} s; latent std {mean.std():.3f} -> scaling_factor {scaling:.4f}", flush=True)
+    print(f"judge accuracy on VAE reconstructions: {vae_reconstruction_accuracy(vae, 500, args.seed + 777)}", flush=True)
+
+    budget_s = 60 * args.budget_minutes - (time.time() - t0) if args.budget_minutes else math.inf
+    text_encoder = make_text_encoder(tokenizer)
+    latents = (mean * scaling, std * scaling)
+    unet, text_encoder = train_unet(latents, attrs, CaptionTokens(tokenizer), text_encoder, args, gen, rng, governor, budget_s)
+
+    save_pipeline(args.out, vae, unet, text_encoder, tokenizer)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(tokenizer_files / name, args.out / "tokenizer" / name)
+    shutil.rmtree(tokenizer_files)
+    minutes = (time.time() - t0) / 60
+    print(f"saved pipeline to {args.out}; build took {minutes:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Tests for the bundled synthetic concept world (esd_lora/bundled/world.py)."""
+
+from __future__ import annotations
+
+import colorsys
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from esd_lora.bundled import world
+
+
+def test_concepts_are_the_thirteen_expected() -> None:
+    assert world.CONCEPTS["shape"] == ["circle", "square", "triangle", "star", "cross"]
+    assert world.CONCEPTS["colour"] == ["red", "green", "blue", "yellow"]
+    assert world.CONCEPTS["pattern"] == ["solid", "striped", "dotted", "checkered"]
+    assert len(world.all_concepts()) == 13
+    assert world.concept_dimension("striped") == "pattern"
+
+
+def test_render_is_deterministic_and_seed_dependent() -> None:
+    a = world.render_array("star", "red", "striped", np.random.default_rng(7))
+    b = world.render_array("star", "red", "striped", np.random.default_rng(7))
+    c = world.render_array("star", "red", "striped", np.random.default_rng(8))
+    assert a.shape == (32, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    img = world.render("cross", "blue", "dotted", np.random.default_rng(0))
+    assert isinstance(img, Image.Image) and img.size == (32, 32) and img.mode == "RGB"
+
+
+def test_render_dataset_is_deterministic() -> None:
+    x1, a1 = world.render_dataset(20, seed=3)
+    x2, a2 = world.render_dataset(20, seed=3)
+    assert np.array_equal(x1, x2) and a1 == a2
+
+
+def test_backgrounds_are_achromatic() -> None:
+    images, _ = world.render_dataset(200, seed=11)
+    corners = images[:, [0, 0, -1, -1], [0, -1, 0, -1]].reshape(-1, 3).astype(int)
+    assert (corners.max(axis=1) - corners.min(axis=1)).max() < 40
+
+
+@pytest.mark.parametrize("colour", world.CONCEPTS["colour"])
+def test_foreground_hue_matches_colour(colour: str) -> None:
+    hues = {"red": 0, "yellow": 55, "green": 125, "blue": 225}
+    rng = np.random.default_rng(5)
+    for _ in range(10):
+        img = world.render_array("square", colour, "solid", rng).reshape(-1, 3) / 255.0
+        sat = img.max(axis=1) - img.min(axis=1)
+        fg = img[sat > 0.4]
+        h = np.array([colorsys.rgb_to_hsv(*p)[0] * 360 for p in fg])
+        dist = np.minimum(abs(h - hues[colour]), 360 - abs(h - hues[colour]))
+        assert np.median(dist) < 15
+
+
+def test_synonym_splits_are_disjoint_and_unambiguous() -> None:
+    seen: dict[str, str] = {}
+    for concept in world.all_concepts():
+        train, held = set(world.synonyms(concept, "train")), set(world.synonyms(concept, "held-out"))
+        assert train and held and not train & held
+        assert concept in train
+        for word in train | held:
+            assert word not in seen, f"{word!r} names both {seen[word]} and {concept}"
+            seen[word] = concept
+    template_words = {w for t in world.templates("all") for w in re.findall(r"[a-z]+", t.replace("{np}", ""))}
+    assert not template_words & set(seen), "a template word is also a concept synonym"
+    assert not set(world.GENERIC_NOUNS) & set(seen)
+
+
+def test_template_splits_are_disjoint() -> None:
+    assert set(world.TEMPLATES_TRAIN).isdisjoint(world.TEMPLATES_HELD_OUT)
+    assert all("{np}" in t for t in world.templates("all"))
+
+
+@pytest.mark.parametrize("concept", world.all_concepts())
+def test_prompt_splits_are_disjoint_and_name_the_concept(concept: str) -> None:
+    train = world.prompts_for(concept, "train")
+    held = world.prompts_for(concept, "held-out")
+    assert len(train) >= 20 and len(held) >= 20
+    assert set(train).isdisjoint(held)
+    train_words = world.synonyms(concept, "train")
+    held_words = world.synonyms(concept, "held-out")
+    for p in train:
+        assert any(re.search(rf"\b{w}\b", p) for w in train_words)
+        assert not any(re.search(rf"\b{w}\b", p) for w in held_words)
+    for p in held:
+        assert any(re.search(rf"\b{w}\b", p) for w in train_words + held_words)
+    assert world.prompts_for(concept, "held-out") == held
+
+
+def test_single_concept_prompts_are_present() -> None:
+    assert {"red", "a red shape"} <= set(world.prompts_for("red", "train"))
+    assert {"star", "a star"} <= set(world.prompts_for("star", "train"))
+    assert {"striped", "a striped shape"} <= set(world.prompts_for("striped", "train"))
+    assert "ruby" in world.prompts_for("red", "held-out")
+
+
+def test_captions_cover_cfg_partial_and_full_descriptions() -> None:
+    rng = np.random.default_rng(2024)
+    caps = [world.sample_caption("star", "red", "striped", rng) for _ in range(3000)]
+    empty = sum(c == "" for c in caps) / len(caps)
+    assert 0.07 < empty < 0.13
+    assert "red" in caps and "star" in caps and "striped" in caps
+    assert any(c.endswith("red shape") for c in caps)
+    vocab = set(world.vocabulary())
+    for c in caps:
+        assert set(re.findall(r"[a-z]+|,", c)) <= vocab
+
+
+def test_caption_splits_are_respected() -> None:
+    rng = np.random.default_rng(99)
+    held_words = {w for c in world.all_concepts() for w in world.synonyms(c, "held-out")}
+    held_template_markers = ["icon of", "simple drawing", "plain picture", "shows"]
+    for _ in range(1000):
+        attrs = world.sample_attributes(rng)
+        cap = world.sample_caption(*attrs, rng, template_split="train", synonym_split="train")
+        assert not set(cap.replace(",", " ").split()) & held_words
+        assert not any(m in cap for m in held_template_markers)
+
+
+def test_prompts_use_only_known_words() -> None:
+    vocab = set(world.vocabulary())
+    for concept in world.all_concepts():
+        for split in ("train", "held-out"):
+            for p in world.prompts_for(concept, split):
+                assert set(re.findall(r"[a-z]+|,", p)) <= vocab, p
