@@ -143,6 +143,9 @@ def load_pipeline(base: str | os.PathLike, *, device: str | None = None, dtype: 
     """
     import diffusers
 
+    if str(base) == "bundled" and not Path(BUNDLED_BASE, "model_index.json").is_file():
+        raise BaseModelNotFoundError(f"the bundled base model is not in this install ({BUNDLED_BASE}): build it with "
+                                     "'python scripts/build_bundled_base.py', or pass --base")
     base = SHORT_NAMES.get(str(base), str(base))
     class_name = _pipeline_class_name(base)
     if class_name not in SUPPORTED_PIPELINES:

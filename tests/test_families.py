@@ -29,6 +29,12 @@ def test_families_load_and_encode(tiny_dirs, family, label, prediction):
     assert Conditioning.cat([cond[0], cond[2]]).hidden.shape[0] == 2
 
 
+def test_missing_bundled_base_says_how_to_build_it(monkeypatch, tmp_path):
+    monkeypatch.setattr("esd_lora.families.BUNDLED_BASE", str(tmp_path / "absent"))
+    with pytest.raises(BaseModelNotFoundError, match="build_bundled_base.py"):
+        load_pipeline("bundled")
+
+
 def test_missing_base(tmp_path):
     with pytest.raises(BaseModelNotFoundError, match="does not exist"):
         load_pipeline(tmp_path / "nothing-here")
