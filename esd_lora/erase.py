@@ -144,7 +144,7 @@ def _train(pipe, family, config: EraseConfig, *, progress: bool, callback) -> fl
         with torch.no_grad():
             with frozen(unet) if config.sample_with == "frozen" else nullcontext():
                 x = _sample_until(unet, sampler, noise.to(device, dtype) * sampler.init_noise_sigma, k,
-                                  Conditioning.cat([uncond, concepts[i]]), config.start_guidance)
+                                  [uncond, concepts[i]], config.start_guidance)
             t = sampler.timesteps[k]
             with frozen(unet):  # e0, ep (and the preserved prompt's prediction) in one batched forward
                 teacher = _predict(unet, x, t, [anchor, *student_texts])
@@ -172,12 +172,10 @@ def _predict(unet, x: torch.Tensor, t, texts: list[Conditioning]) -> tuple[torch
     return unet(x.expand(len(texts), *x.shape[1:]), t, **batch.unet_kwargs()).sample.chunk(len(texts))
 
 
-def _sample_until(unet, sampler, x: torch.Tensor, k: int, pair: Conditioning, guidance: float) -> torch.Tensor:
-    """Run the first ``k`` DDIM steps from noise ``x`` with classifier-free guidance."""
-    kwargs = pair.unet_kwargs()
-    for t in sampler.timesteps[:k]:
-        model_in = sampler.scale_model_input(torch.cat([x, x]), t)
-        uncond, cond = unet(model_in, t, **kwargs).sample.chunk(2)
+def _sample_until(unet, sampler, x: torch.Tensor, k: int, texts: list[Conditioning], guidance: float) -> torch.Tensor:
+    """Run the first ``k`` DDIM steps from noise ``x`` with classifier-free guidance (``texts``: uncond, cond)."""
+    for t in sampler.timesteps[:k]:  # DDIM needs no input scaling
+        uncond, cond = _predict(unet, x, t, texts)
         x = sampler.step(guided(uncond, cond, guidance), t, x).prev_sample
     return x
 
