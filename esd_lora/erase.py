@@ -33,7 +33,7 @@ from . import __version__
 from .adapter import Adapter, AdapterMetadata, base_fingerprint, check_output
 from .config import EraseConfig
 from .errors import ConfigError, NonFiniteLossError
-from .families import SHORT_NAMES, Conditioning, family_of, load_pipeline
+from .families import SHORT_NAMES, Conditioning, as_pipeline, family_of
 from .objective import esd_loss, guided, preservation_loss
 
 ADAPTER_NAME = "esd"
@@ -81,9 +81,8 @@ def erase(base, concepts: str | list[str], *, config: EraseConfig | None = None,
     config = _make_config(concepts, config, options)
     if out is not None:
         out = check_output(out, overwrite=overwrite)  # fail before training, not after
-    base_id = str(base) if isinstance(base, (str, os.PathLike)) else _pipeline_id(base)
-    pipe = load_pipeline(base, device=config.device, dtype=config.dtype) if isinstance(
-        base, (str, os.PathLike)) else base
+    pipe = as_pipeline(base, device=config.device, dtype=config.dtype)
+    base_id = _pipeline_id(pipe) if pipe is base else str(base)
     family = family_of(pipe)
     unet = pipe.unet
     if getattr(unet, "_hf_peft_config_loaded", False) and unet.peft_config:

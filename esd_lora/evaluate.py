@@ -24,9 +24,9 @@ import torch
 from PIL import Image
 
 from .errors import ConfigError, OutputExistsError
-from .families import load_pipeline
+from .families import as_pipeline
 from .generate import compare_grid
-from .stack import AdapterSpec, apply_adapters, parse_adapter_spec
+from .stack import AdapterSpec, apply_adapters, parse_adapter_specs
 
 SPLITS = ("train", "held-out")
 CSV_COLUMNS = ("prompt", "evaluation_seed", "case_number")
@@ -108,8 +108,8 @@ def evaluate(base=None, *, adapters: list[AdapterSpec | str] = (), concepts: lis
                                   f"{', '.join(known)}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"n must be a positive integer, got {n!r}")
-    specs = [parse_adapter_spec(s) if isinstance(s, str) else s for s in adapters]
-    pipe = load_pipeline(base or "bundled", device=device, dtype=dtype) if not hasattr(base, "unet") else base
+    specs = parse_adapter_specs(adapters)
+    pipe = as_pipeline(base or "bundled", device=device, dtype=dtype)
     plan = [(c, split, _prompts(world.prompts_for(c, split), n, seed + 100 * i + j), seed + 10_000 * i + 1_000 * j)
             for i, c in enumerate(concepts) for j, split in enumerate(SPLITS)]
 
@@ -176,8 +176,8 @@ def generate_for_judges(base, prompts_csv: str | os.PathLike, out: str | os.Path
     """
     check_folder(out, overwrite=overwrite)
     rows = read_prompts_csv(prompts_csv)
-    specs = [parse_adapter_spec(s) if isinstance(s, str) else s for s in adapters]
-    pipe = load_pipeline(base or "bundled", device=device, dtype=dtype) if not hasattr(base, "unet") else base
+    specs = parse_adapter_specs(adapters)
+    pipe = as_pipeline(base or "bundled", device=device, dtype=dtype)
     loaded = apply_adapters(pipe, specs, force=force) if specs else []
 
     def write(folder: Path) -> None:

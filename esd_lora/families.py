@@ -135,6 +135,11 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def as_pipeline(base, *, device: str | None = None, dtype: str = "auto"):
+    """``base`` itself if it is a loaded pipeline, else :func:`load_pipeline` of it."""
+    return base if hasattr(base, "unet") else load_pipeline(base, device=device, dtype=dtype)
+
+
 def load_pipeline(base: str | os.PathLike, *, device: str | None = None, dtype: str = "auto"):
     """Load a Stable Diffusion 1.x/2.x or SDXL pipeline from a local diffusers folder or a Hub id.
 

@@ -9,8 +9,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import ConfigError
-from .families import family_of, load_pipeline
-from .stack import AdapterSpec, apply_adapters, parse_adapter_spec
+from .families import as_pipeline, family_of
+from .stack import AdapterSpec, apply_adapters, parse_adapter_specs
 
 _MIN_TILE = 128  # small models make tiny images: scale tiles up so a person can see them
 _LABEL_HEIGHT = 18
@@ -44,8 +44,8 @@ def generate(base, prompt: str, *, adapters: list[AdapterSpec | str] = (), seed:
     for name, value in (("num_images", num_images), ("steps", steps)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    specs = [parse_adapter_spec(s) if isinstance(s, str) else s for s in adapters]
-    pipe = load_pipeline(base, device=device, dtype=dtype) if isinstance(base, (str, os.PathLike)) else base
+    specs = parse_adapter_specs(adapters)
+    pipe = as_pipeline(base, device=device, dtype=dtype)
     family_of(pipe)  # refuses unsupported pipelines with a typed error
     seeds = [seed + j for j in range(num_images)]
 

@@ -43,13 +43,18 @@ def parse_adapter_spec(text: str) -> AdapterSpec:
     return AdapterSpec(path, value)
 
 
+def parse_adapter_specs(items: list[AdapterSpec | str]) -> list[AdapterSpec]:
+    """``FILE[:WEIGHT]`` strings parsed; specs kept as they are."""
+    return [parse_adapter_spec(s) if isinstance(s, str) else s for s in items]
+
+
 def apply_adapters(pipe, specs: list[AdapterSpec | str], *, force: bool = False) -> list[Adapter]:
     """Load each adapter into ``pipe.unet`` under its own name and activate them all with their weights.
 
     Every file is read and checked against the base before the pipeline changes: an adapter whose tensors do
     not fit the UNet is refused; one trained on other base weights is refused unless ``force``.
     """
-    specs = [parse_adapter_spec(s) if isinstance(s, str) else s for s in specs]
+    specs = parse_adapter_specs(specs)
     adapters = [load_adapter(spec.source) for spec in specs]
     fingerprint = base_fingerprint(pipe.unet) if adapters else None
     for adapter in adapters:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -19,6 +20,11 @@ def add_command(sub, name: str, *, help: str, examples: str, run) -> argparse.Ar
                             formatter_class=HelpFormatter)
     parser.set_defaults(run=run)
     return parser
+
+
+def slug(text: str, fallback: str) -> str:
+    """A file-name-safe form of ``text`` for default output names."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or fallback
 
 
 def add_base(parser: argparse.ArgumentParser) -> None:

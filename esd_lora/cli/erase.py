@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 from ..config import METHODS, EraseConfig
 from ..erase import erase
-from ._common import add_base, add_command, add_device
+from ._common import add_base, add_command, add_device, slug
 
 EXAMPLES = """\
   esd-lora erase "van gogh" --base ./stable-diffusion-v1-5 --out no-van-gogh.safetensors
@@ -58,5 +56,4 @@ def run(args) -> int:
 
 
 def default_name(config: EraseConfig) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", "-".join(config.concepts).lower()).strip("-")[:60] or "concept"
-    return f"esd-{slug}-{config.method}.safetensors"
+    return f"esd-{slug('-'.join(config.concepts), 'concept')}-{config.method}.safetensors"

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 from ..adapter import atomic_path, check_output
 from ..generate import generate
-from ._common import add_adapters, add_base, add_command, add_device
+from ._common import add_adapters, add_base, add_command, add_device, slug
 
 EXAMPLES = """\
   esd-lora generate "a painting by van gogh" --base ./sd15 --adapter no-van-gogh.safetensors
@@ -31,8 +29,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    slug = re.sub(r"[^a-z0-9]+", "-", args.prompt.lower()).strip("-")[:60] or "prompt"
-    out = check_output(args.out or f"generate-{slug}.png", overwrite=args.overwrite)
+    out = check_output(args.out or f"generate-{slug(args.prompt, 'prompt')}.png", overwrite=args.overwrite)
     comparison = generate(args.base, args.prompt, adapters=args.adapter, seed=args.seed,
                           num_images=args.num_images, steps=args.steps, guidance_scale=args.guidance_scale,
                           negative_prompt=args.negative_prompt, device=args.device, dtype=args.dtype,
