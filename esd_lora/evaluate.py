@@ -26,7 +26,7 @@ from PIL import Image
 from .errors import ConfigError, OutputExistsError
 from .families import as_pipeline
 from .generate import compare_grid
-from .stack import AdapterSpec, apply_adapters, parse_adapter_specs
+from .stack import AdapterSpec, apply_adapters, parse_adapter_specs, with_and_without
 
 SPLITS = ("train", "held-out")
 CSV_COLUMNS = ("prompt", "evaluation_seed", "case_number")
@@ -116,19 +116,7 @@ def evaluate(base=None, *, adapters: list[AdapterSpec | str] = (), concepts: lis
     def run() -> list[list[Image.Image]]:
         return [_generate(pipe, prompts, s, steps, guidance_scale, batch_size) for _, _, prompts, s in plan]
 
-    loaded = apply_adapters(pipe, specs, force=force) if specs else []
-    try:
-        if loaded:
-            pipe.disable_lora()
-        base_images = run()
-        if loaded:
-            pipe.enable_lora()
-            adapted_images = run()
-        else:
-            adapted_images = base_images
-    finally:
-        if loaded:
-            pipe.unload_lora_weights()
+    base_images, adapted_images, loaded = with_and_without(pipe, specs, run, force=force)
 
     rows, samples = [], {}
     for (concept, split, _, _), before, after in zip(plan, base_images, adapted_images):

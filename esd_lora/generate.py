@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .errors import ConfigError
 from .families import as_pipeline, family_of
-from .stack import AdapterSpec, apply_adapters, parse_adapter_specs
+from .stack import AdapterSpec, parse_adapter_specs, with_and_without
 
 _MIN_TILE = 128  # small models make tiny images: scale tiles up so a person can see them
 _LABEL_HEIGHT = 18
@@ -55,19 +55,9 @@ def generate(base, prompt: str, *, adapters: list[AdapterSpec | str] = (), seed:
                     else None, num_inference_steps=steps, guidance_scale=guidance_scale,
                     generator=generators, output_type="pil").images
 
-    if not specs:
-        images = run()
-        return Comparison(prompt=prompt, seeds=seeds, base=images, erased=images, label="base")
-    apply_adapters(pipe, specs, force=force)  # loads and checks every file before any image is made
-    try:
-        pipe.disable_lora()
-        base_images = run()
-        pipe.enable_lora()
-        erased_images = run()
-    finally:
-        pipe.unload_lora_weights()
+    base_images, erased_images, _ = with_and_without(pipe, specs, run, force=force)
     label = " + ".join(os.path.basename(s.source) + (f" x{s.weight:g}" if s.weight != 1 else "") for s in specs)
-    return Comparison(prompt=prompt, seeds=seeds, base=base_images, erased=erased_images, label=label)
+    return Comparison(prompt=prompt, seeds=seeds, base=base_images, erased=erased_images, label=label or "base")
 
 
 def compare_grid(rows: dict[str, list[Image.Image]], *, title: str | None = None) -> Image.Image:

@@ -11,11 +11,14 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import torch
 
 from .adapter import Adapter, base_fingerprint, load_adapter
 from .errors import AdapterBaseMismatchError, AdapterShapeMismatchError, ConfigError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,27 @@ def apply_adapters(pipe, specs: list[AdapterSpec | str], *, force: bool = False)
     if names:
         pipe.set_adapters(names, adapter_weights=[s.weight for s in specs])
     return adapters
+
+
+def with_and_without(pipe, specs: list[AdapterSpec], run: Callable[[], T], *,
+                     force: bool = False) -> tuple[T, T, list[Adapter]]:
+    """``run()`` on the base, then on base + ``specs`` (same call, so same prompts and seeds).
+
+    Returns both results and the adapters; the adapters are unloaded afterwards, also after an error. Without
+    adapters ``run`` is called once and its result returned twice.
+    """
+    if not specs:
+        result = run()
+        return result, result, []
+    adapters = apply_adapters(pipe, specs, force=force)  # every file checked before any work is done
+    try:
+        pipe.disable_lora()
+        base = run()
+        pipe.enable_lora()
+        adapted = run()
+    finally:
+        pipe.unload_lora_weights()
+    return base, adapted, adapters
 
 
 def check_compatible(adapter: Adapter, pipe, *, fingerprint: str | None = None, force: bool = False) -> None:
