@@ -122,7 +122,9 @@ def evaluate(base=None, *, adapters: list[AdapterSpec | str] = (), concepts: lis
     for (concept, split, _, _), before, after in zip(plan, base_images, adapted_images):
         dim = world.concept_dimension(concept)
         rate = lambda images: float(np.mean([lab[dim] == concept for lab in judge(images)]))  # noqa: E731
-        rows.append(ConceptScore(concept, dim, split, rate(before), rate(after), len(before)))
+        base_rate = rate(before)
+        adapted_rate = base_rate if after is before else rate(after)  # no adapters: the very same images
+        rows.append(ConceptScore(concept, dim, split, base_rate, adapted_rate, len(before)))
         if split == "train":
             samples[concept] = {"base": before, "adapted": after}
     settings = {"base": str(getattr(pipe, "name_or_path", base)), "n": n, "steps": steps,
