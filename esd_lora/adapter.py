@@ -16,19 +16,17 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import EraseConfig
-from .errors import (AdapterNotFoundError, CorruptAdapterError, NotAnEsdAdapterError, OutputExistsError,
-                     OutputNotWritableError)
+from .errors import AdapterNotFoundError, CorruptAdapterError, NotAnEsdAdapterError
+from .outputs import atomic_path, check_output
 
 METADATA_KEY = "esd_lora"
 LORA_METADATA_KEY = "lora_adapter_metadata"  # the header entry diffusers reads the LoRA config from
@@ -83,6 +81,11 @@ class Adapter:
     def num_parameters(self) -> int:
         return sum(t.numel() for t in self.state_dict.values())
 
+    @property
+    def sha256(self) -> str | None:
+        """The sha256 of the file the adapter was read from or saved to (``None`` before it is saved)."""
+        return file_sha256(self.path) if self.path else None
+
     def header(self) -> dict[str, str]:
         """The safetensors header entries of this adapter."""
         lora = {f"unet.{k}": v for k, v in self.lora_config.items()}
@@ -98,34 +101,6 @@ class Adapter:
             save_file(tensors, str(tmp), metadata=self.header())
         self.path = path
         return path
-
-
-def check_output(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Refuse an output path that exists (unless ``overwrite``) or whose folder cannot be written."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise OutputExistsError(f"{path} is a folder: give a file name such as {path / 'erasure.safetensors'}")
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} already exists: choose another --out or pass --overwrite")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputNotWritableError(f"cannot write {path}: folder {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise OutputNotWritableError(f"cannot write {path}: no write permission on {parent}")
-    return path
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_adapter(path: str | os.PathLike) -> Adapter:
@@ -154,6 +129,15 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
     if not state_dict or not all(k.startswith("unet.") and ".lora_" in k for k in state_dict):
         raise CorruptAdapterError(f"{path} holds no LoRA tensors in diffusers' layout: download or train it again")
     return Adapter(state_dict=state_dict, lora_config=lora_config, metadata=metadata, path=path)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def base_fingerprint(unet: torch.nn.Module) -> str:

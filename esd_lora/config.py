@@ -54,6 +54,11 @@ class EraseConfig:
     rank: int = _opt(4, "LoRA rank")
     alpha: float | None = _opt(None, "LoRA alpha (scale = alpha / rank); default: equal to the rank")
     seed: int = _opt(0, "random seed of noise, stopping steps and concept draws")
+    bank_size: int = _opt(
+        16, "x_t trajectories sampled together and reused until the next refresh (with the frozen sampler, "
+        "their guidance passes are reused as the teacher's predictions); 0 samples a fresh trajectory for every "
+        "step, as in the paper")
+    refresh_every: int = _opt(50, "steps between re-samplings of the trajectory bank")
     sample_with: str = _opt(
         "trained", "which model samples x_t: 'trained' (base + adapter, as in the paper) or 'frozen' "
         "(the base alone, as in the authors' later code)")
@@ -79,7 +84,9 @@ class EraseConfig:
             raise ConfigError(f"sample_with must be one of {', '.join(SAMPLERS)}, got {self.sample_with!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        for name in ("iterations", "ddim_steps", "rank"):
+        if isinstance(self.bank_size, bool) or not isinstance(self.bank_size, int) or self.bank_size < 0:
+            raise ConfigError(f"bank_size must be 0 (off) or a positive integer, got {self.bank_size!r}")
+        for name in ("iterations", "ddim_steps", "rank", "refresh_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")

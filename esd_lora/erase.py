@@ -4,8 +4,9 @@ One UNet lives in memory. With the adapter switched on it is the model being tra
 switched off it is the frozen teacher, bit for bit the base model. Each step:
 
 1. draw a concept and a stopping step ``k`` of the DDIM schedule;
-2. sample ``x_t`` from pure noise for ``k`` steps with classifier-free guidance (by the trained model, as in
-   the paper, or by the frozen one);
+2. take ``x_t`` after ``k`` steps of sampling from pure noise with classifier-free guidance (by the trained
+   model, as in the paper, or by the frozen one): from a bank of whole trajectories re-sampled every
+   ``refresh_every`` steps (default), or from a fresh trajectory every step (``bank_size=0``, the paper);
 3. ask the frozen model for ``e0`` (unconditional, or the ``erase_from`` prompt) and ``ep`` (the concept) in
    one batched forward, and the trained model for ``en`` (the concept);
 4. step Adam on ``MSE(en, e0 - eta * (ep - e0))``, plus, with ``preserve`` prompts, ``preserve_weight`` times
@@ -30,10 +31,11 @@ from peft.utils import get_peft_model_state_dict
 from tqdm.auto import tqdm
 
 from . import __version__
-from .adapter import Adapter, AdapterMetadata, base_fingerprint, check_output
+from .adapter import Adapter, AdapterMetadata, base_fingerprint
+from .outputs import check_output
 from .config import EraseConfig
 from .errors import ConfigError, NonFiniteLossError
-from .families import SHORT_NAMES, Conditioning, as_pipeline, family_of
+from .families import SHORT_NAMES, Conditioning, as_pipeline, family_of, recommended_options
 from .objective import esd_loss, guided, preservation_loss
 
 ADAPTER_NAME = "esd"
@@ -78,7 +80,7 @@ def erase(base, concepts: str | list[str], *, config: EraseConfig | None = None,
 
     >>> adapter = erase("path/to/sd15", "van gogh", iterations=200, out="no-van-gogh.safetensors")
     """
-    config = _make_config(concepts, config, options)
+    config = make_config(base, concepts, config, **options)
     if out is not None:
         out = check_output(out, overwrite=overwrite)  # fail before training, not after
     pipe = as_pipeline(base, device=config.device, dtype=config.dtype)
@@ -116,7 +118,7 @@ def erase(base, concepts: str | list[str], *, config: EraseConfig | None = None,
 
 def _train(pipe, family, config: EraseConfig, *, progress: bool, callback) -> float:
     unet = pipe.unet
-    device, dtype = unet.device, unet.dtype
+    device = unet.device
     generator = torch.Generator().manual_seed(config.seed)
     sampler = DDIMScheduler.from_config(pipe.scheduler.config)
     sampler.set_timesteps(config.ddim_steps, device=device)
@@ -129,28 +131,26 @@ def _train(pipe, family, config: EraseConfig, *, progress: bool, callback) -> fl
     anchor = texts[1 + n + m] if config.erase_from else uncond
     concepts = [texts[1 + i] for i in range(n)]
     preserved = [texts[1 + n + j] for j in range(m)]
+    source_class = TrajectoryBank if config.bank_size else Resampler
+    source = source_class(unet, sampler, family, uncond, concepts, config, generator)
 
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr)
     recent: deque[float] = deque(maxlen=_LOSS_WINDOW)
     bar = tqdm(range(config.iterations), desc="erasing", unit="it", disable=not progress)
     for step in bar:
-        i = int(torch.randint(n, (1,), generator=generator))
-        k = int(torch.randint(config.ddim_steps, (1,), generator=generator))
-        noise = torch.randn((1, *family.latent_shape), generator=generator)
+        x, t, i, cached = source.draw(step)
         # The student sees the concept and, with a preservation term, one preserved prompt at the same x_t.
         student_texts = [concepts[i]] + ([preserved[int(torch.randint(m, (1,), generator=generator))]] if m else [])
-        with torch.no_grad():
-            with frozen(unet) if config.sample_with == "frozen" else nullcontext():
-                x = _sample_until(unet, sampler, noise.to(device, dtype) * sampler.init_noise_sigma, k,
-                                  [uncond, concepts[i]], config.start_guidance)
-            t = sampler.timesteps[k]
-            with frozen(unet):  # e0, ep (and the preserved prompt's prediction) in one batched forward
-                teacher = _predict(unet, x, t, [anchor, *student_texts])
+        with torch.no_grad(), frozen(unet):  # e0, ep (and the preserved prompt's prediction) in one forward
+            if cached is None:
+                e0, ep, *kept = _predict(unet, x, t, [anchor, *student_texts])
+            else:  # the bank already holds the frozen model's e0 and ep at this x_t
+                (e0, ep), kept = cached, list(_predict(unet, x, t, student_texts[1:])) if m else []
         student = _predict(unet, x, t, student_texts)
-        loss = esd_loss(student[0], teacher[0], teacher[1], config.eta)
+        loss = esd_loss(student[0], e0, ep, config.eta)
         if m:
-            loss = loss + config.preserve_weight * preservation_loss(student[1], teacher[2])
+            loss = loss + config.preserve_weight * preservation_loss(student[1], kept[0])
         value = loss.item()
         if not math.isfinite(value):
             raise NonFiniteLossError(f"loss became {value} at iteration {step + 1}; nothing was written: lower "
@@ -165,18 +165,75 @@ def _train(pipe, family, config: EraseConfig, *, progress: bool, callback) -> fl
     return sum(recent) / len(recent)
 
 
+class Resampler:
+    """x_t as in the paper: for every step, draw a concept and a stopping step and sample a fresh trajectory."""
+
+    def __init__(self, unet, sampler, family, uncond: Conditioning, concepts: list[Conditioning],
+                 config: EraseConfig, generator: torch.Generator) -> None:
+        self.unet, self.sampler, self.family, self.config, self.generator = unet, sampler, family, config, generator
+        self.uncond, self.concepts = uncond, concepts
+
+    def draw(self, step: int):
+        """``(x_t, t, concept index, None)``: no cached teacher predictions."""
+        i = int(torch.randint(len(self.concepts), (1,), generator=self.generator))
+        k = int(torch.randint(self.config.ddim_steps, (1,), generator=self.generator))
+        noise = torch.randn((1, *self.family.latent_shape), generator=self.generator)
+        x = noise.to(self.unet.device, self.unet.dtype) * self.sampler.init_noise_sigma
+        with torch.no_grad(), _sampling_model(self.unet, self.config):
+            for t in self.sampler.timesteps[:k]:  # DDIM needs no input scaling
+                u, c = _predict(self.unet, x, t, [self.uncond, self.concepts[i]])
+                x = self.sampler.step(guided(u, c, self.config.start_guidance), t, x).prev_sample
+        return x, self.sampler.timesteps[k], i, None
+
+
+class TrajectoryBank(Resampler):
+    """x_t from a bank of ``bank_size`` whole trajectories, sampled together and re-sampled every
+    ``refresh_every`` steps; each step draws one trajectory and one stopping step from the bank.
+
+    Sampled by the frozen model without ``erase_from``, the guidance passes along a trajectory already are the
+    teacher's ``e0`` (unconditional) and ``ep`` (the concept) at every ``x_t``: they are kept and reused.
+    """
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.keeps_teacher = self.config.sample_with == "frozen" and not self.config.erase_from
+        self.xs: list[torch.Tensor] = []
+        self.predictions: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def refresh(self) -> None:
+        size, generator = self.config.bank_size, self.generator
+        self.concept_of = torch.randint(len(self.concepts), (size,), generator=generator).tolist()
+        texts = Conditioning.cat([self.uncond] * size + [self.concepts[i] for i in self.concept_of])
+        noise = torch.randn((size, *self.family.latent_shape), generator=generator)
+        x = noise.to(self.unet.device, self.unet.dtype) * self.sampler.init_noise_sigma
+        self.xs, self.predictions = [], []
+        with torch.no_grad(), _sampling_model(self.unet, self.config):
+            for t in self.sampler.timesteps:
+                u, c = self.unet(torch.cat([x, x]), t, **texts.unet_kwargs()).sample.chunk(2)
+                self.xs.append(x)
+                if self.keeps_teacher:
+                    self.predictions.append((u, c))
+                x = self.sampler.step(guided(u, c, self.config.start_guidance), t, x).prev_sample
+
+    def draw(self, step: int):
+        """``(x_t, t, concept index, (e0, ep) or None)``."""
+        if step % self.config.refresh_every == 0:
+            self.refresh()
+        b = int(torch.randint(self.config.bank_size, (1,), generator=self.generator))
+        k = int(torch.randint(self.config.ddim_steps, (1,), generator=self.generator))
+        cached = tuple(p[b : b + 1] for p in self.predictions[k]) if self.keeps_teacher else None
+        return self.xs[k][b : b + 1], self.sampler.timesteps[k], self.concept_of[b], cached
+
+
+def _sampling_model(unet, config: EraseConfig):
+    """The model that samples x_t: the frozen base, or base + adapter being trained."""
+    return frozen(unet) if config.sample_with == "frozen" else nullcontext()
+
+
 def _predict(unet, x: torch.Tensor, t, texts: list[Conditioning]) -> tuple[torch.Tensor, ...]:
     """The UNet's predictions at one ``x_t`` for several prompts, in one batched forward."""
     batch = Conditioning.cat(texts)
     return unet(x.expand(len(texts), *x.shape[1:]), t, **batch.unet_kwargs()).sample.chunk(len(texts))
-
-
-def _sample_until(unet, sampler, x: torch.Tensor, k: int, texts: list[Conditioning], guidance: float) -> torch.Tensor:
-    """Run the first ``k`` DDIM steps from noise ``x`` with classifier-free guidance (``texts``: uncond, cond)."""
-    for t in sampler.timesteps[:k]:  # DDIM needs no input scaling
-        uncond, cond = _predict(unet, x, t, texts)
-        x = sampler.step(guided(uncond, cond, guidance), t, x).prev_sample
-    return x
 
 
 @contextmanager
@@ -189,13 +246,30 @@ def frozen(unet) -> Iterator[None]:
         unet.enable_adapters()
 
 
-def _make_config(concepts, config: EraseConfig | None, options: dict) -> EraseConfig:
-    base = config.to_dict() if config is not None else {}
+def make_config(base, concepts, config: EraseConfig | None = None, **options) -> EraseConfig:
+    """The validated config of an erasure: ``options`` over ``config``, or over the base's recommended settings
+    (see :func:`~esd_lora.families.recommended_options`) and the library defaults when no ``config`` is given."""
     unknown = set(options) - set(EraseConfig.__dataclass_fields__)
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(sorted(unknown))}: valid options are "
                           f"{', '.join(f for f in EraseConfig.__dataclass_fields__ if f != 'concepts')}")
-    return EraseConfig(**{**base, **options, "concepts": concepts})
+    if config is not None:
+        start = config.to_dict()
+    else:
+        start, path = recommended_options(base)
+        anchors = start.pop("anchors", [])
+        unknown = set(start) - set(EraseConfig.__dataclass_fields__) | {"concepts"} & set(start)
+        if unknown:
+            raise ConfigError(f"{path} recommends unknown option(s) {', '.join(sorted(unknown))}: fix the file")
+        if anchors and "preserve" not in options:
+            start["preserve"] = default_anchors(anchors, [concepts] if isinstance(concepts, str) else concepts)
+    return EraseConfig(**{**start, **options, "concepts": concepts})
+
+
+def default_anchors(anchors: list[str], concepts: list[str]) -> list[str]:
+    """The base's anchor prompts, less those sharing a word with an erased concept (erasing "red" keeps "blue")."""
+    erased = {w for c in concepts for w in str(c).lower().split()}
+    return [a for a in anchors if not erased & set(a.lower().split())]
 
 
 def _pipeline_id(pipe) -> str:

@@ -66,3 +66,7 @@ class AdapterBaseMismatchError(EsdLoraError, ValueError):
 
 class AdapterShapeMismatchError(EsdLoraError, ValueError):
     """The adapter's tensors do not fit the base model's modules (another architecture)."""
+
+
+class SingleFileExportError(EsdLoraError, ValueError):
+    """The pipeline cannot be written as an original-layout single-file checkpoint."""

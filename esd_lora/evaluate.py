@@ -14,8 +14,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,9 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import ConfigError, OutputExistsError
+from .errors import ConfigError
 from .families import as_pipeline
 from .generate import compare_grid
+from .outputs import check_folder, write_folder
 from .stack import AdapterSpec, apply_adapters, parse_adapter_specs, with_and_without
 
 SPLITS = ("train", "held-out")
@@ -188,30 +187,6 @@ def generate_for_judges(base, prompts_csv: str | os.PathLike, out: str | os.Path
     finally:
         if loaded:
             pipe.unload_lora_weights()
-
-
-def check_folder(out: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Refuse an output folder that exists, unless ``overwrite``."""
-    out = Path(out).expanduser()
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} already exists: choose another --out or pass --overwrite")
-    return out
-
-
-def write_folder(out: str | os.PathLike, write, *, overwrite: bool = False) -> Path:
-    """Let ``write(tmp_folder)`` fill a temporary folder beside ``out``, then move it into place."""
-    out = check_folder(out, overwrite=overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        write(tmp)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
 
 
 def _prompts(pool: list[str], n: int, seed: int) -> list[str]:

@@ -171,6 +171,34 @@ def load_pipeline(base: str | os.PathLike, *, device: str | None = None, dtype: 
     return pipe.to(torch_device)
 
 
+RECOMMENDED_FILE = "esd_lora.json"
+"""A file a base model folder may carry: ``{"erase": {option: value}, "anchors": [prompt, ...]}``: the erasure
+settings that suit the base, and prompts to preserve by default (those naming an erased concept are left out)."""
+
+
+def recommended_options(base) -> tuple[dict, Path | None]:
+    """The erasure settings a local base folder recommends (``RECOMMENDED_FILE``), and that file's path.
+
+    Small models need other settings than Stable Diffusion (the bundled base: a higher learning rate). Hub ids
+    and folders without the file recommend nothing.
+    """
+    name = getattr(base, "name_or_path", None) if hasattr(base, "unet") else base
+    path = Path(SHORT_NAMES.get(str(name), str(name))).expanduser() / RECOMMENDED_FILE
+    if name is None or not path.is_file():
+        return {}, None
+    try:
+        data = json.loads(path.read_text())
+        options = dict(data.get("erase", {}))
+        anchors = data.get("anchors", [])
+        if not isinstance(anchors, list) or not all(isinstance(a, str) for a in anchors):
+            raise TypeError("'anchors' is not a list of prompts")
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise NotAPipelineError(f"{path} is not a valid esd-lora settings file ({exc}): fix or delete it") from exc
+    if anchors:
+        options["anchors"] = anchors
+    return options, path
+
+
 def _pipeline_class_name(base: str) -> str:
     path = Path(base).expanduser()
     if path.exists():

@@ -58,7 +58,7 @@ def apply_adapters(pipe, specs: list[AdapterSpec | str], *, force: bool = False)
     not fit the UNet is refused; one trained on other base weights is refused unless ``force``.
     """
     specs = parse_adapter_specs(specs)
-    adapters = [load_adapter(spec.source) for spec in specs]
+    adapters = load_stack(specs, force=force)
     fingerprint = base_fingerprint(pipe.unet) if adapters else None
     for adapter in adapters:
         check_compatible(adapter, pipe, fingerprint=fingerprint, force=force)
@@ -70,6 +70,27 @@ def apply_adapters(pipe, specs: list[AdapterSpec | str], *, force: bool = False)
         names.append(name)
     if names:
         pipe.set_adapters(names, adapter_weights=[s.weight for s in specs])
+    return adapters
+
+
+def load_stack(specs: list[AdapterSpec], *, force: bool = False) -> list[Adapter]:
+    """Read every adapter of a stack; refuse a file listed twice, and (unless ``force``) mixed bases."""
+    seen: dict[Path, str] = {}
+    for spec in specs:
+        key = Path(spec.source).expanduser().resolve()
+        if key in seen:
+            raise ConfigError(f"adapter {spec.source} is listed twice (also as {seen[key]}): give it once, with "
+                              "the summed weight, e.g. FILE:1.5")
+        seen[key] = spec.source
+    adapters = [load_adapter(spec.source) for spec in specs]
+    if not force:
+        first = adapters[0] if adapters else None
+        for other in adapters[1:]:
+            if other.metadata.base_fingerprint != first.metadata.base_fingerprint:
+                raise AdapterBaseMismatchError(
+                    f"the stack mixes bases: {_name(first)} was trained on {first.metadata.base_model} "
+                    f"({first.metadata.base_fingerprint}), {_name(other)} on {other.metadata.base_model} "
+                    f"({other.metadata.base_fingerprint}): stack adapters of one base, or pass --force")
     return adapters
 
 

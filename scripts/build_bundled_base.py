@@ -272,6 +272,11 @@ class ThreadGovernor:
             torch.set_num_threads(self.max_threads)
 
 
+def _edge_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L1 between horizontal and vertical pixel differences: keeps the fine checkered/dotted patterns sharp."""
+    return sum(F.l1_loss(r, t) for r, t in ((rec.diff(dim=-1), x.diff(dim=-1)), (rec.diff(dim=-2), x.diff(dim=-2))))
+
+
 def train_vae(images: torch.Tensor, steps: int, batch_size: int, gen: torch.Generator, device: str, governor: ThreadGovernor) -> AutoencoderKL:
     """Train the autoencoder with L1 + L2 reconstruction losses and a small KL term."""
     vae = make_vae().to(device).train()
@@ -286,7 +291,7 @@ def train_vae(images: torch.Tensor, steps: int, batch_size: int, gen: torch.Gene
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample(generator=None)).sample
         kl = post.kl().mean() / post.mean[0].numel()
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-3 * kl
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-3 * kl + _edge_loss(rec, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -313,6 +318,53 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         pe.lerp_(pm, 1.0 - decay)
 
 
+def caption_labels(caption: str) -> list[int]:
+    """Per dimension, 1 + the index of the concept the caption names, or 0 when it names none."""
+    named = {}
+    for word in caption.replace(",", " ").split():
+        concept = _WORD_TO_CONCEPT.get(word)
+        if concept is not None:
+            named[world.concept_dimension(concept)] = concept
+    return [world.CONCEPTS[d].index(named[d]) + 1 if d in named else 0 for d in world.DIMENSIONS]
+
+
+_WORD_TO_CONCEPT = {w: c for c in world.all_concepts() for w in world.synonyms(c, "all")}
+
+
+def pretrain_text_encoder(text_encoder: CLIPTextModel, tokens: CaptionTokens, steps: int, batch_size: int,
+                          rng: np.random.Generator, device: str, governor: ThreadGovernor) -> CLIPTextModel:
+    """Teach the text encoder to write the caption's concepts into every position from the end token on.
+
+    A pipeline pads prompts to 77 tokens, so ~70 of the positions the UNet attends to are padding.  Trained
+    jointly with the UNet from scratch, those positions stay nearly the same for every prompt and the UNet
+    learns to ignore the text (loss with right and shuffled captions equal after 2,000 steps).  Here linear
+    heads read shape / colour / pattern (or "none") from each of those positions; the heads are thrown away
+    and the encoder is then frozen while the UNet trains.
+    """
+    text_encoder = text_encoder.to(device).train()
+    hidden = text_encoder.config.hidden_size
+    heads = torch.nn.ModuleList([torch.nn.Linear(hidden, len(world.CONCEPTS[d]) + 1) for d in world.DIMENSIONS]).to(device)
+    opt = torch.optim.AdamW(list(text_encoder.parameters()) + list(heads.parameters()), lr=1e-3)
+    eos = tokens.tokenizer.eos_token_id
+    bar = tqdm(range(steps), desc="text encoder", mininterval=10)
+    for step in bar:
+        governor.update(step)
+        captions = [world.sample_caption(*world.sample_attributes(rng), rng) for _ in range(batch_size)]
+        ids = tokens(captions).to(device)
+        states = text_encoder(ids).last_hidden_state
+        after_eos = (torch.arange(ids.shape[1], device=device)[None] >= (ids == eos).int().argmax(1)[:, None]).float()
+        targets = torch.tensor([caption_labels(c) for c in captions], device=device)
+        loss = 0.0
+        for j, head in enumerate(heads):
+            per_token = F.cross_entropy(head(states).transpose(1, 2), targets[:, j : j + 1].expand(-1, ids.shape[1]), reduction="none")
+            loss = loss + (per_token * after_eos).sum() / after_eos.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    return text_encoder.eval().requires_grad_(False)
+
+
 def train_unet(
     latents: tuple[torch.Tensor, torch.Tensor],
     attrs: list[tuple[str, str, str]],
@@ -323,13 +375,14 @@ def train_unet(
     rng: np.random.Generator,
     governor: ThreadGovernor,
     budget_s: float = math.inf,
-) -> tuple[UNet2DConditionModel, CLIPTextModel]:
-    """Jointly train UNet and text encoder on scaled latents; return the EMA copies."""
+    unet: UNet2DConditionModel | None = None,
+) -> UNet2DConditionModel:
+    """Train the UNet (a new one, or ``unet`` to continue) with the frozen text encoder; return the EMA copy."""
     device = args.device
-    unet = make_unet(text_encoder.config.hidden_size).to(device).train()
-    text_encoder = text_encoder.to(device).train()
-    ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    unet = (unet or make_unet(text_encoder.config.hidden_size)).to(device).train()
+    text_encoder = text_encoder.to(device)
+    ema_unet = copy.deepcopy(unet).eval()
+    params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
     clock = Clock(args.unet_steps, budget_s)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(clock.progress(s)))
@@ -342,7 +395,8 @@ def train_unet(
         idx = torch.randint(0, len(mean), (args.batch_size,), generator=gen)
         x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)).to(device)
         captions = [world.sample_caption(*attrs[i], rng) for i in idx.tolist()]
-        cond = text_encoder(tokens(captions).to(device)).last_hidden_state
+        with torch.no_grad():
+            cond = text_encoder(tokens(captions).to(device)).last_hidden_state
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (args.batch_size,), generator=gen).to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
         xt = noise_sched.add_noise(x0, noise, t)
@@ -355,14 +409,26 @@ def train_unet(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        decay = min(args.ema_decay, (1 + step) / (10 + step))
-        ema_update(ema_unet, unet, decay)
-        ema_update(ema_text, text_encoder, decay)
+        ema_update(ema_unet, unet, min(args.ema_decay, (1 + step) / (10 + step)))
+        if step % 250 == 0:
+            right, shuffled = conditioning_check(unet, x0, noise, cond, gen)
+            bar.write(f"step {step}: loss at t=600 with the right captions {right:.4f}, shuffled {shuffled:.4f}")
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         if clock.done(step + 1) and step + 1 < args.unet_steps:
             print(f"time budget reached after {step + 1} UNet steps", flush=True)
             break
-    return ema_unet.cpu(), ema_text.cpu()
+    args.unet_steps_done = step + 1
+    return ema_unet.cpu()
+
+
+@torch.no_grad()
+def conditioning_check(unet: UNet2DConditionModel, x0: torch.Tensor, noise: torch.Tensor, cond: torch.Tensor,
+                       gen: torch.Generator) -> tuple[float, float]:
+    """Loss at t=600 with the batch's captions and with shuffled ones: equal means the UNet ignores the text."""
+    t = torch.full((len(x0),), 600, device=x0.device)
+    xt = make_scheduler().add_noise(x0, noise, t)
+    shuffled = cond[torch.randperm(len(cond), generator=gen).to(cond.device)]
+    return tuple(F.mse_loss(unet(xt, t, c).sample, noise).item() for c in (cond, shuffled))
 
 
 def save_pipeline(out: Path, vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer) -> None:
@@ -396,11 +462,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO_ROOT / "esd_lora" / "bundled" / "base", help="output pipeline folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-images", type=int, default=30_000, help="size of the rendered training set")
-    p.add_argument("--vae-steps", type=int, default=1_400)
+    p.add_argument("--vae-steps", type=int, default=2_000)
     p.add_argument("--vae-batch-size", type=int, default=32)
-    p.add_argument("--unet-steps", type=int, default=3_300)
+    p.add_argument("--text-steps", type=int, default=200, help="text-encoder pretraining steps (batch 256)")
+    p.add_argument("--unet-steps", type=int, default=6_000)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--min-snr-gamma", type=float, default=5.0)
     p.add_argument(
@@ -411,6 +478,9 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=None, help="max torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                   help="continue training the UNet of an earlier build in DIR (its VAE, tokenizer and text "
+                        "encoder are kept); use another --seed so the batches differ")
     return p.parse_args()
 
 
@@ -422,32 +492,55 @@ def main() -> None:
     gen = torch.Generator().manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
 
-    images_np, attrs = world.render_dataset(args.n_images, seed=args.seed + 12_345)
+    images_np, attrs = world.render_dataset(args.n_images, seed=12_345)
     images = to_model_space(images_np)
     print(f"rendered {len(images)} images in {time.time() - t0:.0f} s", flush=True)
 
-    tokenizer_files = Path(tempfile.mkdtemp(prefix="bundled_tokenizer_"))
-    tokenizer = build_tokenizer(tokenizer_files)
-    print(f"tokenizer: {len(tokenizer)} tokens", flush=True)
-
-    vae = train_vae(images, args.vae_steps, args.vae_batch_size, gen, args.device, governor)
-    mean, std = encode_latents(vae, images, args.device)
-    scaling = float(1.0 / mean.std())
-    vae.register_to_config(scaling_factor=scaling)
-    print(f"vae done at {time.time() - t0:.0f} s; latent std {mean.std():.3f} -> scaling_factor {scaling:.4f}", flush=True)
-    print(f"judge accuracy on VAE reconstructions: {vae_reconstruction_accuracy(vae, 500, args.seed + 777)}", flush=True)
+    stage = {"seed": args.seed, "threads": governor.max_threads, "images": args.n_images, "lr": args.lr}
+    if args.resume:  # keep the earlier build's VAE, tokenizer and text encoder; continue its UNet
+        previous = json.loads((args.resume / "build_info.json").read_text())
+        tokenizer_files = args.resume / "tokenizer"
+        tokenizer = CLIPTokenizer.from_pretrained(args.resume / "tokenizer")
+        vae = AutoencoderKL.from_pretrained(args.resume / "vae")
+        text_encoder = CLIPTextModel.from_pretrained(args.resume / "text_encoder").eval().requires_grad_(False)
+        start_unet = UNet2DConditionModel.from_pretrained(args.resume / "unet")
+        mean, std = encode_latents(vae, images, args.device)
+        scaling = vae.config.scaling_factor
+        stage["resumed_from"] = str(args.resume)
+    else:
+        previous = {"stages": []}
+        tokenizer_files = Path(tempfile.mkdtemp(prefix="bundled_tokenizer_"))
+        tokenizer = build_tokenizer(tokenizer_files)
+        print(f"tokenizer: {len(tokenizer)} tokens", flush=True)
+        vae = train_vae(images, args.vae_steps, args.vae_batch_size, gen, args.device, governor)
+        mean, std = encode_latents(vae, images, args.device)
+        scaling = float(1.0 / mean.std())
+        vae.register_to_config(scaling_factor=scaling)
+        print(f"vae done at {time.time() - t0:.0f} s; latent std {mean.std():.3f} -> scaling_factor {scaling:.4f}", flush=True)
+        stage["judge_accuracy_on_vae_reconstructions"] = vae_reconstruction_accuracy(vae, 500, args.seed + 777)
+        print(f"judge accuracy on VAE reconstructions: {stage['judge_accuracy_on_vae_reconstructions']}", flush=True)
+        tokens = CaptionTokens(tokenizer)
+        text_encoder = pretrain_text_encoder(make_text_encoder(tokenizer), tokens, args.text_steps, 256, rng, args.device, governor)
+        print(f"text encoder done at {time.time() - t0:.0f} s", flush=True)
+        stage.update(vae_steps=args.vae_steps, text_steps=args.text_steps, vae_scaling_factor=round(scaling, 4))
+        start_unet = None
 
     budget_s = 60 * args.budget_minutes - (time.time() - t0) if args.budget_minutes else math.inf
-    text_encoder = make_text_encoder(tokenizer)
     latents = (mean * scaling, std * scaling)
-    unet, text_encoder = train_unet(latents, attrs, CaptionTokens(tokenizer), text_encoder, args, gen, rng, governor, budget_s)
+    unet = train_unet(latents, attrs, CaptionTokens(tokenizer), text_encoder, args, gen, rng, governor, budget_s, start_unet)
 
     save_pipeline(args.out, vae, unet, text_encoder, tokenizer)
     for name in ("vocab.json", "merges.txt"):
         shutil.copy(tokenizer_files / name, args.out / "tokenizer" / name)
-    shutil.rmtree(tokenizer_files)
+    if not args.resume:
+        shutil.rmtree(tokenizer_files)
     minutes = (time.time() - t0) / 60
-    print(f"saved pipeline to {args.out}; build took {minutes:.1f} min", flush=True)
+    stage.update(minutes=round(minutes, 1), unet_steps=args.unet_steps_done, unet_steps_planned=args.unet_steps)
+    stages = previous["stages"] + [stage]
+    info = {"build_minutes": round(sum(s["minutes"] for s in stages), 1),
+            "unet_steps": sum(s["unet_steps"] for s in stages), "stages": stages}
+    (args.out / "build_info.json").write_text(json.dumps(info, indent=2))
+    print(f"saved pipeline to {args.out}; this stage took {minutes:.1f} min", flush=True)
 
 
 if __name__ == "__main__":

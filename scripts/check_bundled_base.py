@@ -7,7 +7,10 @@ judged as the prompted concept is printed as a table. The bar of the project: >=
 
 Usage::
 
-    python scripts/check_bundled_base.py --n 64 --steps 25 --guidance 5 [--model DIR] [--json F] [--grid F]
+    python scripts/check_bundled_base.py --n 64 --steps 25 --guidance 5 [--model DIR] [--json F] [--grid F] [--card]
+
+``--card`` (re)writes the model card ``README.md`` of the model folder with the measured table and the build facts
+of its ``build_info.json``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,87 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from huggingface_hub import ModelCard, ModelCardData  # noqa: E402
+
 from esd_lora import BUNDLED_BASE, evaluate  # noqa: E402
+
+CARD = """---
+{{ card_data }}
+---
+
+# esd-lora bundled base model (concept world, 32x32)
+
+A small text-to-image model with the Stable Diffusion architecture, trained from scratch and offline on the
+synthetic concept world of `esd_lora/bundled/world.py`: 5 shapes x 4 colours x 4 patterns (the patterns play the
+role of artistic styles), 32x32 RGB. It ships with esd-lora so that concept erasure runs, and is measured, on any
+CPU without downloading anything. `StableDiffusionPipeline.from_pretrained(esd_lora.BUNDLED_BASE)` loads it
+(no safety checker); it generates 32x32 images.
+
+| part | class | parameters |
+| --- | --- | --- |
+{% for part in parts -%}
+| {{ part.name }} | {{ part.desc }} | {{ part.params }} |
+{% endfor %}
+fp32 safetensors, {{ size_mb }} MB in all.
+
+## Training
+
+`python scripts/build_bundled_base.py` (seeded), in {{ info.stages | length }} stage(s), {{ info.build_minutes }}
+minutes in all on 2 CPU cores, {{ info.unet_steps }} UNet steps:
+
+{% for st in info.stages -%}
+- {% if st.resumed_from %}`--resume` (seed {{ st.seed }}, lr {{ st.lr }}){% else %}from scratch (seed {{ st.seed }}, lr {{ st.lr }}): VAE {{ st.vae_steps }} steps (judge accuracy on its reconstructions: {{ st.judge_accuracy_on_vae_reconstructions }}), text encoder pretraining {{ st.text_steps }} steps{% endif %}, UNet {{ st.unet_steps }} steps, {{ st.minutes }} min
+{% endfor %}
+The text encoder is first taught to write the caption's shape / colour / pattern into every position from the end
+token on (linear heads, then thrown away) and then frozen: trained jointly from scratch, the ~70 padding positions
+stayed alike for every prompt and the UNet learned to ignore the text. Captions come from the *train* templates
+with all synonyms; 10% are empty, for classifier-free guidance.
+
+## Quality
+
+Share of generated images that the bundled judge labels as the prompted concept (DDIM {{ steps }} steps, guidance
+{{ guidance }}, {{ n }} images per concept and phrasing split; `python scripts/check_bundled_base.py --n {{ n }}`).
+Held-out phrasings use templates the model never saw, or held-out synonyms.
+
+| concept | train phrasings | held-out phrasings |
+| --- | --- | --- |
+{% for c, s in scores.items() -%}
+| {{ c }} | {{ "%.0f" | format(100 * s["train"]) }}% | {{ "%.0f" | format(100 * s["held-out"]) }}% |
+{% endfor %}
+
+## Erasure settings
+
+`esd_lora.json` holds the erasure settings esd-lora uses on this base unless told otherwise (a small model needs
+a higher learning rate than Stable Diffusion).
+
+Licence: MIT. Trained only on procedurally generated images.
+"""
+
+
+def write_card(model: Path, scores: dict, args: argparse.Namespace) -> None:
+    """Write the model card (README.md) of ``model`` with ``scores`` and the facts of its build_info.json."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, feature_extractor=None,
+                                                   requires_safety_checker=False)
+    count = lambda m: f"{sum(p.numel() for p in m.parameters()) / 1e6:.2f} M"  # noqa: E731
+    unet, vae = pipe.unet.config, pipe.vae.config
+    parts = [
+        {"name": "autoencoder", "desc": f"`AutoencoderKL`, 32x32x3 -> 8x8x{vae.latent_channels}", "params": count(pipe.vae)},
+        {"name": "denoiser", "desc": f"`UNet2DConditionModel`, blocks {tuple(unet.block_out_channels)}, "
+                                     f"cross-attention dim {unet.cross_attention_dim}", "params": count(pipe.unet)},
+        {"name": "text encoder", "desc": f"`CLIPTextModel`, {pipe.text_encoder.config.num_hidden_layers} layers, "
+                                         f"width {pipe.text_encoder.config.hidden_size}", "params": count(pipe.text_encoder)},
+        {"name": "tokenizer", "desc": f"`CLIPTokenizer` built offline, {len(pipe.tokenizer)} tokens, 77 positions", "params": "-"},
+        {"name": "scheduler", "desc": "`DDIMScheduler`, 1000 linear betas, epsilon prediction", "params": "-"},
+    ]
+    size = sum(f.stat().st_size for f in model.rglob("*.safetensors")) / 1e6
+    data = ModelCardData(library_name="diffusers", license="mit", pipeline_tag="text-to-image",
+                         tags=["esd-lora", "concept-erasure", "synthetic"])
+    card = ModelCard.from_template(data, template_str=CARD, parts=parts, size_mb=f"{size:.0f}", scores=scores,
+                                   info=json.loads((model / "build_info.json").read_text()), n=args.n,
+                                   steps=args.steps, guidance=args.guidance)
+    card.save(model / "README.md")
 
 
 def main() -> None:
@@ -34,6 +117,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", type=Path, default=None, help="also write the scores to this file")
     p.add_argument("--grid", type=Path, default=None, help="also save a PNG with samples of every concept")
+    p.add_argument("--card", action="store_true", help="(re)write the model folder's README.md with these scores")
     args = p.parse_args()
     start = time.time()
     report = evaluate(args.model, n=args.n, steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
@@ -53,6 +137,9 @@ def main() -> None:
         args.json.write_text(json.dumps(scores, indent=2))
     if args.grid:
         report.grid(per_concept=8).save(args.grid)
+    if args.card:
+        write_card(Path(args.model), scores, args)
+        print(f"wrote {Path(args.model) / 'README.md'}")
 
 
 if __name__ == "__main__":

@@ -63,6 +63,24 @@ def test_bad_input_is_one_line_without_traceback(tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "x.safetensors").exists()
 
 
+def test_merge_and_export_end_to_end(tiny_dirs, sd1_adapter, tmp_path):
+    result = esd_lora("merge", "--base", tiny_dirs["sd1"], "--adapter", f"{sd1_adapter}:0.5", "--out",
+                      tmp_path / "merged", "--dtype", "fp16")
+    assert result.returncode == 0, result.stderr
+    assert "1 erasure(s) fused in (fp16)" in result.stdout
+    card = (tmp_path / "merged" / "README.md").read_text()
+    assert "| red | esd-x | 0.5 |" in card
+    result = esd_lora("export", sd1_adapter, "--out", tmp_path / "k.safetensors")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "k.safetensors").is_file()
+
+
+def test_bundled_base_is_the_default(tmp_path):
+    result = esd_lora("generate", "a red star", "--num-images", 1, "--steps", 2, "--out", tmp_path / "g.png")
+    assert result.returncode == 0, result.stderr
+    assert Image.open(tmp_path / "g.png").size == (128, 18 + 2 * (128 + 18))
+
+
 @pytest.fixture
 def not_esd(tmp_path):
     path = tmp_path / "not-esd.safetensors"
@@ -91,6 +109,16 @@ def not_esd(tmp_path):
      "not a number"),
     (["generate", "red", "--base", "{sd1}", "--num-images", "0", "--out", "{tmp}/g.png"], "positive integer"),
     (["generate", "red", "--base", "{sd1}", "--out", "{existing}"], "already exists"),
+    (["merge", "--base", "{sd1}", "--out", "{tmp}/m"], "at least one --adapter"),
+    (["merge", "--base", "{sd1}", "--adapter", "{tmp}/missing.safetensors", "--out", "{tmp}/m"], "does not exist"),
+    (["merge", "--base", "{sd1}", "--adapter", "{not_esd}:x", "--out", "{tmp}/m"], "not a number"),
+    (["merge", "--base", "{sd1}", "--adapter", "{not_esd}", "--adapter", "{not_esd}", "--out", "{tmp}/m"],
+     "listed twice"),
+    (["merge", "--base", "{sd1}", "--adapter", "{not_esd}", "--out", "{tmp}"], "already exists"),
+    (["merge", "--base", "{sd1}", "--adapter", "{not_esd}", "--out", "{tmp}/m", "--single-file", "{tmp}/m.ckpt"],
+     "must end in .safetensors"),
+    (["export", "{not_esd}", "--out", "{tmp}/k.safetensors"], "not an esd-lora adapter"),
+    (["export", "{tmp}/missing.safetensors"], "does not exist"),
 ])
 def test_bad_inputs(argv, message, tiny_dirs, tmp_path, not_esd, capsys):
     unsupported = tmp_path / "kandinsky"

@@ -27,6 +27,9 @@ def test_defaults_and_normalisation():
     ({"concepts": ["x"], "dtype": "fp8"}, ConfigError, "dtype"),
     ({"concepts": ["x"], "preserve": ["ok", " "]}, EmptyConceptError, "preserve"),
     ({"concepts": ["x"], "preserve_weight": -1.0}, ConfigError, "preserve_weight"),
+    ({"concepts": ["x"], "bank_size": -1}, ConfigError, "bank_size must be 0"),
+    ({"concepts": ["x"], "bank_size": True}, ConfigError, "bank_size"),
+    ({"concepts": ["x"], "refresh_every": 0}, ConfigError, "refresh_every"),
 ])
 def test_bad_values_are_refused(kwargs, error, match):
     with pytest.raises(error, match=match):

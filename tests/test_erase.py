@@ -3,7 +3,7 @@ import torch
 
 import esd_lora
 from esd_lora.erase import frozen, target_modules
-from esd_lora.errors import ConfigError, NonFiniteLossError
+from esd_lora.errors import ConfigError, NonFiniteLossError, NotAPipelineError
 from esd_lora.families import family_of, load_pipeline
 
 # What each method must put LoRA layers on, for the tiny SD 1.x UNet of tests/tiny_models.py.
@@ -76,6 +76,9 @@ def test_seeded_training_is_reproducible(sd1_pipe):
 
 @pytest.mark.parametrize("options", [
     {"sample_with": "frozen"},
+    {"sample_with": "frozen", "bank_size": 0},
+    {"bank_size": 0},
+    {"sample_with": "frozen", "bank_size": 2, "refresh_every": 1, "preserve": ["blue"]},
     {"erase_from": "a shape"},
     {"method": "esd-x-strict", "eta": 2.0, "start_guidance": 1.0},
     {"preserve": ["blue", "a star"], "preserve_weight": 2.0},
@@ -86,6 +89,45 @@ def test_options_train(sd1_pipe, options):
     for key, value in options.items():
         assert getattr(adapter.metadata.config, key) == value
     assert adapter.metadata.final_loss >= 0
+
+
+def test_bank_reuses_the_frozen_guidance_passes_as_exact_teacher_predictions(sd1_pipe, monkeypatch):
+    """With the frozen sampler, the bank's cached (e0, ep) equal a fresh frozen forward at the drawn x_t."""
+    from esd_lora.erase import TrajectoryBank, _predict, frozen
+
+    draws, refreshes = [], []
+    original_draw, original_refresh = TrajectoryBank.draw, TrajectoryBank.refresh
+
+    def draw(self, step):
+        x, t, i, cached = original_draw(self, step)
+        with torch.no_grad(), frozen(self.unet):
+            fresh = _predict(self.unet, x, t, [self.uncond, self.concepts[i]])
+        draws.append((cached, fresh))
+        return x, t, i, cached
+
+    def refresh(self):
+        refreshes.append(len(draws))
+        original_refresh(self)
+        assert len(self.xs) == self.config.ddim_steps and self.xs[0].shape[0] == self.config.bank_size
+
+    monkeypatch.setattr(TrajectoryBank, "draw", draw)
+    monkeypatch.setattr(TrajectoryBank, "refresh", refresh)
+    esd_lora.erase(sd1_pipe, ["red", "green"], sample_with="frozen", bank_size=3, refresh_every=2, iterations=5,
+                   ddim_steps=4, lr=1e-2, progress=False)
+    assert refreshes == [0, 2, 4]
+    for cached, fresh in draws:
+        for a, b in zip(cached, fresh):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_trained_sampler_bank_asks_the_teacher(sd1_pipe, monkeypatch):
+    from esd_lora.erase import TrajectoryBank
+
+    seen = []
+    original = TrajectoryBank.draw
+    monkeypatch.setattr(TrajectoryBank, "draw", lambda self, step: seen.append(original(self, step)) or seen[-1])
+    esd_lora.erase(sd1_pipe, "red", bank_size=2, iterations=2, ddim_steps=3, progress=False)
+    assert len(seen) == 2 and all(cached is None for *_, cached in seen)  # x_t moved with the adapter
 
 
 def test_nan_loss_stops_and_writes_nothing(sd1_pipe, tmp_path):
@@ -137,3 +179,45 @@ def test_preservation_keeps_the_preserved_prompt_closer_to_the_base(sd1_pipe):
         esd_lora.erase(sd1_pipe, "red", preserve=preserve, preserve_weight=10.0, iterations=8, ddim_steps=3,
                        lr=2e-2, progress=False, callback=measure)
     assert drift[True] < 0.5 * drift[False], drift
+
+
+@pytest.fixture
+def recommending_base(tiny_dirs, tmp_path):
+    """The tiny sd1 base with a settings file that recommends a learning rate and an iteration count."""
+    import json
+    import shutil
+
+    folder = tmp_path / "sd1-recommending"
+    shutil.copytree(tiny_dirs["sd1"], folder)
+    (folder / "esd_lora.json").write_text(json.dumps({"erase": {"lr": 0.01, "iterations": 2},
+                                                      "anchors": ["red", "blue", "a red star", "dotted"]}))
+    return folder
+
+
+def test_base_recommended_settings_apply_under_explicit_options(recommending_base):
+    from esd_lora.config import EraseConfig
+    from esd_lora.erase import make_config
+
+    config = make_config(recommending_base, "red", ddim_steps=2)
+    assert (config.lr, config.iterations, config.ddim_steps) == (0.01, 2, 2)
+    assert config.preserve == ["blue", "dotted"]  # the anchors, less those naming the erased concept
+    assert make_config(recommending_base, ["red", "dotted"]).preserve == ["blue"]
+    assert make_config(recommending_base, "red", preserve=[]).preserve == []  # explicit wins
+    assert make_config(recommending_base, "red", lr=0.5).lr == 0.5
+    assert make_config(recommending_base, "red", EraseConfig(["red"])).lr == EraseConfig(["red"]).lr  # a full config
+    adapter = esd_lora.erase(recommending_base, "red", ddim_steps=2, progress=False, device="cpu")
+    assert adapter.metadata.config.lr == 0.01  # the file records what was really used
+
+
+@pytest.mark.parametrize("content, error, match", [
+    ('{"erase": {"learning_rate": 1}}', ConfigError, "recommends unknown option"),
+    ('{"erase": [1]}', NotAPipelineError, "not a valid esd-lora settings file"),
+    ('{"anchors": "red"}', NotAPipelineError, "not a list of prompts"),
+    ("not json", NotAPipelineError, "not a valid esd-lora settings file"),
+])
+def test_bad_settings_file_is_named(recommending_base, content, error, match):
+    from esd_lora.erase import make_config
+
+    (recommending_base / "esd_lora.json").write_text(content)
+    with pytest.raises(error, match=match):
+        make_config(recommending_base, "red")

@@ -7,9 +7,9 @@ import sys
 
 from .. import __version__
 from ..errors import EsdLoraError
-from . import erase, evaluate, generate, info
+from . import erase, evaluate, export, generate, info, merge
 
-COMMANDS = (erase, generate, evaluate, info)
+COMMANDS = (erase, generate, evaluate, merge, export, info)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,8 +28,9 @@ def slug(text: str, fallback: str) -> str:
 
 
 def add_base(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base", required=True,
-                        help="base model: a local diffusers folder or a Hub id (safetensors weights only)")
+    parser.add_argument("--base", default="bundled",
+                        help="base model: 'bundled' (the small offline model shipped with esd-lora), a local "
+                             "diffusers folder or a Hub id (safetensors weights only)")
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:

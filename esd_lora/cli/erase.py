@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..config import METHODS, EraseConfig
-from ..erase import erase
+from ..erase import erase, make_config
+from ..families import recommended_options
 from ._common import add_base, add_command, add_device, slug
 
 EXAMPLES = """\
@@ -18,20 +19,22 @@ def register(sub) -> None:
                     examples=EXAMPLES, run=run)
     p.add_argument("concepts", nargs="+", metavar="CONCEPT", help=EraseConfig.help("concepts"))
     add_base(p)
-    p.add_argument("--method", default="esd-x", choices=list(METHODS),
-                   help="; ".join(f"{k}: {v}" for k, v in METHODS.items()))
+    p.add_argument("--method", default=None, choices=list(METHODS),
+                   help="; ".join(f"{k}: {v}" for k, v in METHODS.items()) + f" (default: {_default('method')})")
     for flag, name, kind in (("--iterations", "iterations", int), ("--lr", "lr", float), ("--rank", "rank", int),
                              ("--alpha", "alpha", float), ("--eta", "eta", float),
                              ("--start-guidance", "start_guidance", float), ("--ddim-steps", "ddim_steps", int),
+                             ("--bank-size", "bank_size", int), ("--refresh-every", "refresh_every", int),
                              ("--seed", "seed", int)):
-        p.add_argument(flag, dest=name, type=kind, default=EraseConfig.__dataclass_fields__[name].default,
-                       help=EraseConfig.help(name))
+        p.add_argument(flag, dest=name, type=kind, default=None,
+                       help=f"{EraseConfig.help(name)} (default: {_default(name)})")
     p.add_argument("--erase-from", default=None, metavar="TEXT", help=EraseConfig.help("erase_from"))
     p.add_argument("--preserve", action="append", default=[], metavar="TEXT",
                    help=EraseConfig.help("preserve") + "; repeat for several")
-    p.add_argument("--preserve-weight", type=float, default=1.0, help=EraseConfig.help("preserve_weight"))
-    p.add_argument("--sample-with", default="trained", choices=("trained", "frozen"),
-                   help=EraseConfig.help("sample_with"))
+    p.add_argument("--preserve-weight", type=float, default=None,
+                   help=f"{EraseConfig.help('preserve_weight')} (default: {_default('preserve_weight')})")
+    p.add_argument("--sample-with", default=None, choices=("trained", "frozen"),
+                   help=f"{EraseConfig.help('sample_with')} (default: {_default('sample_with')})")
     add_device(p)
     p.add_argument("--out", default=None,
                    help="output .safetensors file (default: esd-<concept>-<method>.safetensors here)")
@@ -41,9 +44,17 @@ def register(sub) -> None:
 
 def run(args) -> int:
     options = {name: getattr(args, name) for name in (
-        "method", "iterations", "lr", "rank", "alpha", "eta", "start_guidance", "ddim_steps", "seed",
-        "erase_from", "preserve", "preserve_weight", "sample_with", "device", "dtype")}
-    config = EraseConfig(concepts=args.concepts, **options)  # validates before the model is loaded
+        "method", "iterations", "lr", "rank", "alpha", "eta", "start_guidance", "ddim_steps", "bank_size",
+        "refresh_every", "seed", "erase_from", "preserve", "preserve_weight", "sample_with", "device", "dtype")}
+    options = {k: v for k, v in options.items() if v is not None and v != []}  # what the user set
+    config = make_config(args.base, args.concepts, **options)  # validates before the model is loaded
+    recommended, path = recommended_options(args.base)
+    used = {k: v for k, v in recommended.items() if k not in options and k != "anchors"}
+    if "anchors" in recommended and "preserve" not in options:
+        used["preserve"] = config.preserve
+    if used and not args.quiet:
+        print(f"using the settings {path} recommends for this base: "
+              f"{', '.join(f'{k}={v}' for k, v in used.items())} (override with the options)")
     out = args.out or default_name(config)
     adapter = erase(args.base, config.concepts, config=config, out=out, overwrite=args.overwrite,
                     progress=not args.quiet)
@@ -53,6 +64,12 @@ def run(args) -> int:
           f"{', '.join(config.concepts)} with {config.method} in {meta.wall_time_s:.1f} s, final loss "
           f"{meta.final_loss:.5f}")
     return 0
+
+
+def _default(name: str):
+    """The library default of an option; a base folder may recommend another (its esd_lora.json)."""
+    value = EraseConfig.__dataclass_fields__[name].default
+    return f"{value}, or what the base recommends"
 
 
 def default_name(config: EraseConfig) -> str:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ..evaluate import check_folder, evaluate, generate_for_judges
-from ._common import add_adapters, add_command, add_device
+from ..evaluate import evaluate, generate_for_judges
+from ..outputs import check_folder
+from ._common import add_adapters, add_base, add_command, add_device
 
 EXAMPLES = """\
   esd-lora evaluate --adapter esd-red-esd-x.safetensors                  # bundled base and judge
@@ -16,7 +17,7 @@ EXAMPLES = """\
 def register(sub) -> None:
     p = add_command(sub, "evaluate", help="measure erasure: the share of images still judged as each concept",
                     examples=EXAMPLES, run=run)
-    p.add_argument("--base", default="bundled", help="base model: 'bundled', a diffusers folder or a Hub id")
+    add_base(p)
     add_adapters(p)
     p.add_argument("--concept", action="append", default=None, metavar="CONCEPT",
                    help="evaluate only these concepts (repeat); default: every concept the judge knows")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..adapter import atomic_path, check_output
+from ..outputs import atomic_path, check_output
 from ..generate import generate
 from ._common import add_adapters, add_base, add_command, add_device, slug
 
