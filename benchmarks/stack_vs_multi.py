@@ -1,6 +1,6 @@
 """Several erasures on the bundled base: one adapter trained on all the concepts vs one adapter per concept, stacked.
 
-    python benchmarks/stack_vs_multi.py [--counts 2 4 8] [--n 32] [--json results.json]
+    python benchmarks/stack_vs_multi.py [--counts 2 4 8] [--n 16] [--catalog adapters] [--json results.json]
 
 For k erased concepts (taken in order from red, star, striped, blue, circle, dotted, green, square, so that every
 dimension is hit), it trains k single-concept adapters (with the library defaults) and stacks them with weight 1,
@@ -11,7 +11,8 @@ evaluates both on every concept of the bundled world. Printed per k and path:
 * specificity: the worst ratio adapted / base over the concepts that were not erased;
 * training time.
 
-Single-concept adapters are trained once and reused across k.
+Single-concept adapters are trained once and reused across k; with ``--catalog DIR`` they are taken from the
+catalog built by ``scripts/build_catalog.py`` (same defaults and seed) instead of being trained again.
 """
 
 from __future__ import annotations
@@ -41,10 +42,19 @@ def scores(report, erased: list[str]) -> dict:
             "worst_other": worst, "worst_other_ratio": ratios[worst]}
 
 
+def catalog_singles(folder: Path) -> dict[str, tuple[str, float]]:
+    """The single-concept adapters of a catalog: concept -> (file, training seconds)."""
+    index = json.loads((folder / "index.json").read_text())
+    return {e["concepts"][0]: (str(folder / e["file"]), e["train_seconds"])
+            for e in index["adapters"] if len(e["concepts"]) == 1}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", nargs="+", type=int, default=[2, 4, 8])
-    parser.add_argument("--n", type=int, default=32, help="images per concept and phrasing split")
+    parser.add_argument("--n", type=int, default=16, help="images per concept and phrasing split")
+    parser.add_argument("--catalog", default=None, metavar="DIR",
+                        help="take the single-concept adapters from this catalog (its index.json) when present")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -58,16 +68,20 @@ def main() -> None:
         print(f"{'k':>2} {'path':<7} {'erased mean':>11} {'erased worst':>12} {'worst other':>20} {'train s':>8}")
         for k in args.counts:
             erased = ORDER[:k]
+            start = time.perf_counter()
+            multi = esd_lora.erase(pipe, erased, iterations=iterations * k, progress=False, seed=args.seed,
+                                   out=Path(tmp) / f"multi-{k}.safetensors")
+            multi_seconds = time.perf_counter() - start
+            if args.catalog:  # read now: a catalog being built alongside may have grown meanwhile
+                for concept, (path, seconds) in catalog_singles(Path(args.catalog)).items():
+                    singles.setdefault(concept, path)
+                    single_seconds.setdefault(concept, seconds)
             for concept in erased:
                 if concept not in singles:
                     start = time.perf_counter()
                     singles[concept] = str(esd_lora.erase(pipe, concept, out=Path(tmp) / f"{concept}.safetensors",
                                                           progress=False, seed=args.seed).path)
                     single_seconds[concept] = time.perf_counter() - start
-            start = time.perf_counter()
-            multi = esd_lora.erase(pipe, erased, iterations=iterations * k, progress=False, seed=args.seed,
-                                   out=Path(tmp) / f"multi-{k}.safetensors")
-            multi_seconds = time.perf_counter() - start
             for path, adapters, seconds in (("stacked", [singles[c] for c in erased],
                                              sum(single_seconds[c] for c in erased)),
                                             ("multi", [str(multi.path)], multi_seconds)):

@@ -11,6 +11,7 @@ The public verbs::
 __version__ = "0.1.0"
 
 from .adapter import Adapter, AdapterMetadata, load_adapter  # noqa: E402
+from .attack import attack  # noqa: E402
 from .config import METHODS, EraseConfig  # noqa: E402
 from .erase import erase  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
@@ -19,4 +20,5 @@ from .generate import compare_grid, generate  # noqa: E402
 from .stack import AdapterSpec, apply_adapters, parse_adapter_spec  # noqa: E402
 
 __all__ = ["Adapter", "AdapterMetadata", "AdapterSpec", "BUNDLED_BASE", "EraseConfig", "METHODS", "apply_adapters",
-           "compare_grid", "erase", "evaluate", "generate", "load_adapter", "parse_adapter_spec", "__version__"]
+           "attack", "compare_grid", "erase", "evaluate", "generate", "load_adapter", "parse_adapter_spec",
+           "__version__"]

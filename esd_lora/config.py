@@ -59,12 +59,21 @@ class EraseConfig:
         "their guidance passes are reused as the teacher's predictions); 0 samples a fresh trajectory for every "
         "step, as in the paper")
     refresh_every: int = _opt(50, "steps between re-samplings of the trajectory bank")
+    adversarial_every: int = _opt(
+        0, "adversarial erasure: every this many steps, optimise a soft prompt that brings the concept back "
+        "against the current adapter, and add its ESD term to the loss at every step; 0 = off (SD 1.x/2.x only)")
+    adversarial_steps: int = _opt(10, "optimisation steps of each adversarial soft-prompt search")
     sample_with: str = _opt(
         "trained", "which model samples x_t: 'trained' (base + adapter, as in the paper) or 'frozen' "
         "(the base alone, as in the authors' later code)")
     device: str | None = _opt(None, "torch device; default: cuda if available, else mps, else cpu")
     dtype: str = _opt("auto", "dtype of the frozen base (the adapter trains in fp32): auto = bf16/fp16 on "
                               "CUDA, fp32 elsewhere")
+    gradient_checkpointing: bool = _opt(
+        False, "recompute the UNet's activations in the backward pass instead of keeping them: less memory, "
+        "about a third more time per step")
+    compile: bool = _opt(False, "compile the UNet forward with torch.compile (needs a C++ compiler on CPU, "
+                                "Triton on CUDA): slower first steps, faster later ones on large models")
 
     def __post_init__(self) -> None:
         if isinstance(self.concepts, str):
@@ -82,11 +91,16 @@ class EraseConfig:
             self.erase_from = _clean_concept(self.erase_from, what="erase_from prompt")
         if self.sample_with not in SAMPLERS:
             raise ConfigError(f"sample_with must be one of {', '.join(SAMPLERS)}, got {self.sample_with!r}")
+        for name in ("gradient_checkpointing", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if isinstance(self.bank_size, bool) or not isinstance(self.bank_size, int) or self.bank_size < 0:
-            raise ConfigError(f"bank_size must be 0 (off) or a positive integer, got {self.bank_size!r}")
-        for name in ("iterations", "ddim_steps", "rank", "refresh_every"):
+        for name in ("bank_size", "adversarial_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be 0 (off) or a positive integer, got {value!r}")
+        for name in ("iterations", "ddim_steps", "rank", "refresh_every", "adversarial_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")

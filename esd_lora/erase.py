@@ -100,7 +100,8 @@ def erase(base, concepts: str | list[str], *, config: EraseConfig | None = None,
     cast_training_params(unet, dtype=torch.float32)
     try:
         started = time.perf_counter()
-        final_loss = _train(pipe, family, config, progress=progress, callback=callback)
+        with _speedups(unet, config):
+            final_loss = _train(pipe, family, config, progress=progress, callback=callback)
         wall_time = time.perf_counter() - started
         state_dict = {f"unet.{k}": v.detach().to("cpu", torch.float32).clone()
                       for k, v in get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME).items()}
@@ -133,6 +134,10 @@ def _train(pipe, family, config: EraseConfig, *, progress: bool, callback) -> fl
     preserved = [texts[1 + n + j] for j in range(m)]
     source_class = TrajectoryBank if config.bank_size else Resampler
     source = source_class(unet, sampler, family, uncond, concepts, config, generator)
+    if config.adversarial_every:
+        from .attack import Adversary  # attack.py imports this module
+
+        adversary = Adversary(pipe, config)
 
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr)
@@ -149,6 +154,8 @@ def _train(pipe, family, config: EraseConfig, *, progress: bool, callback) -> fl
                 (e0, ep), kept = cached, list(_predict(unet, x, t, student_texts[1:])) if m else []
         student = _predict(unet, x, t, student_texts)
         loss = esd_loss(student[0], e0, ep, config.eta)
+        if config.adversarial_every:  # the erasure must also hold for the concept + an adversarial soft prompt
+            loss = loss + adversary.esd_term(step, x, t, i, e0, ep)
         if m:
             loss = loss + config.preserve_weight * preservation_loss(student[1], kept[0])
         value = loss.item()
@@ -223,6 +230,31 @@ class TrajectoryBank(Resampler):
         k = int(torch.randint(self.config.ddim_steps, (1,), generator=self.generator))
         cached = tuple(p[b : b + 1] for p in self.predictions[k]) if self.keeps_teacher else None
         return self.xs[k][b : b + 1], self.sampler.timesteps[k], self.concept_of[b], cached
+
+
+@contextmanager
+def _speedups(unet, config: EraseConfig) -> Iterator[None]:
+    """Gradient checkpointing and a compiled UNet forward while training, as ``config`` asks; undone after.
+
+    Only the forward is compiled (the module and its peft layers stay as they are), so switching the adapter off
+    still gives the base model: torch.compile guards on the switch and keeps one graph per state.
+    """
+    checkpointing = config.gradient_checkpointing and not unet.is_gradient_checkpointing
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
+    own_forward = vars(unet).get("forward")  # e.g. an accelerate hook's wrapper, to put back
+    if config.compile:
+        unet.forward = torch.compile(unet.forward)
+    try:
+        yield
+    finally:
+        if config.compile:
+            if own_forward is None:
+                del unet.forward  # back to the class's forward
+            else:
+                unet.forward = own_forward
+        if checkpointing:
+            unet.disable_gradient_checkpointing()
 
 
 def _sampling_model(unet, config: EraseConfig):

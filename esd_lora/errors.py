@@ -70,3 +70,67 @@ class AdapterShapeMismatchError(EsdLoraError, ValueError):
 
 class SingleFileExportError(EsdLoraError, ValueError):
     """The pipeline cannot be written as an original-layout single-file checkpoint."""
+
+
+class InvalidRepoIdError(EsdLoraError, ValueError):
+    """A Hub repository id (or revision) is malformed or uses path tricks; refused before any request."""
+
+
+class HubError(EsdLoraError, OSError):
+    """A Hugging Face Hub request failed (the subclasses say why)."""
+
+
+class HubAuthError(HubError, PermissionError):
+    """The Hub rejected the token (HTTP 401)."""
+
+
+class HubPermissionError(HubError, PermissionError):
+    """The token is valid but may not do this (HTTP 403), or the repo is gated."""
+
+
+class HubNotFoundError(HubError, FileNotFoundError):
+    """The repository, revision or file does not exist on the Hub (or is private)."""
+
+
+class HubServerError(HubError):
+    """The Hub answered with a server error (HTTP 5xx): retrying later may work."""
+
+
+class HubConnectionError(HubError, ConnectionError):
+    """The Hub cannot be reached (connection refused, timeout, DNS)."""
+
+
+class HubOfflineError(HubError, FileNotFoundError):
+    """HF_HUB_OFFLINE is set and what was asked for is not in the local Hub cache."""
+
+
+class HubIntegrityError(CorruptAdapterError):
+    """A downloaded file does not match the hash the Hub advertises for it; it was removed from the cache."""
+
+
+class CatalogError(EsdLoraError, ValueError):
+    """The adapter catalog (adapters/index.json) is missing, malformed or does not match its files."""
+
+
+class MissingDependencyError(EsdLoraError, ImportError):
+    """An optional extra (the web app's gradio, say) is not installed."""
+
+
+class TrainerBusyError(EsdLoraError, RuntimeError):
+    """A training is already running in this process; the web app runs one at a time."""
+
+
+class TrainingCancelledError(EsdLoraError, RuntimeError):
+    """A training was cancelled before it finished; nothing was written."""
+
+
+class UnsupportedAttackError(UnsupportedPipelineError):
+    """An attack (or adversarial erasure) needs what this pipeline does not offer (soft prompts: SD 1.x/2.x)."""
+
+
+class ConceptsFileNotFoundError(EsdLoraError, FileNotFoundError):
+    """The concepts file given to erase-many does not exist."""
+
+
+class ConceptsFileError(ConfigError):
+    """The concepts file given to erase-many names no concept, or names the same adapter twice."""

@@ -97,30 +97,24 @@ def evaluate(base=None, *, adapters: list[AdapterSpec | str] = (), concepts: lis
     ``base`` defaults to the bundled base model, the only one the bundled judge can score.
     """
     from .bundled import world
-    from .bundled.judge import judge
 
-    known = world.all_concepts()
-    concepts = list(concepts) if concepts else known
-    unknown = [c for c in concepts if c not in known]
-    if unknown:
-        raise UnknownConceptError(f"the bundled judge does not know {', '.join(unknown)}: it knows "
-                                  f"{', '.join(known)}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"n must be a positive integer, got {n!r}")
+    concepts = check_known(concepts) if concepts else world.all_concepts()
+    positive_int("n", n)
     specs = parse_adapter_specs(adapters)
     pipe = as_pipeline(base or "bundled", device=device, dtype=dtype)
-    plan = [(c, split, _prompts(world.prompts_for(c, split), n, seed + 100 * i + j), seed + 10_000 * i + 1_000 * j)
+    plan = [(c, split, sample_prompts(world.prompts_for(c, split), n, seed + 100 * i + j),
+             seed + 10_000 * i + 1_000 * j)
             for i, c in enumerate(concepts) for j, split in enumerate(SPLITS)]
 
     def run() -> list[list[Image.Image]]:
-        return [_generate(pipe, prompts, s, steps, guidance_scale, batch_size) for _, _, prompts, s in plan]
+        return [generate_images(pipe, prompts, s, steps, guidance_scale, batch_size) for _, _, prompts, s in plan]
 
     base_images, adapted_images, loaded = with_and_without(pipe, specs, run, force=force)
 
     rows, samples = [], {}
     for (concept, split, _, _), before, after in zip(plan, base_images, adapted_images):
         dim = world.concept_dimension(concept)
-        rate = lambda images: float(np.mean([lab[dim] == concept for lab in judge(images)]))  # noqa: E731
+        rate = lambda images: float(np.mean(judged_as(images, concept)))  # noqa: E731
         base_rate = rate(before)
         adapted_rate = base_rate if after is before else rate(after)  # no adapters: the very same images
         rows.append(ConceptScore(concept, dim, split, base_rate, adapted_rate, len(before)))
@@ -131,6 +125,34 @@ def evaluate(base=None, *, adapters: list[AdapterSpec | str] = (), concepts: lis
     described = [{"source": s.source, "weight": s.weight, "concepts": a.metadata.config.concepts,
                   "method": a.metadata.config.method} for s, a in zip(specs, loaded)]
     return Report(rows=rows, settings=settings, adapters=described, samples=samples)
+
+
+def check_known(concepts: list[str]) -> list[str]:
+    """``concepts`` as a list, if the bundled judge knows every one; else an error naming those it knows."""
+    from .bundled import world
+
+    known = world.all_concepts()
+    unknown = [c for c in concepts if c not in known]
+    if unknown:
+        raise UnknownConceptError(f"the bundled judge does not know {', '.join(unknown)}: it knows "
+                                  f"{', '.join(known)}")
+    return list(concepts)
+
+
+def judged_as(images: list[Image.Image], concept: str) -> list[bool]:
+    """For each image, whether the bundled judge labels it as ``concept`` (in the concept's dimension)."""
+    from .bundled import world
+    from .bundled.judge import judge
+
+    dim = world.concept_dimension(concept)
+    return [lab[dim] == concept for lab in judge(images)]
+
+
+def positive_int(name: str, value) -> int:
+    """``value`` if it is a positive integer (not a bool); else a ConfigError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value
 
 
 def read_prompts_csv(path: str | os.PathLike) -> list[dict]:
@@ -178,7 +200,8 @@ def generate_for_judges(base, prompts_csv: str | os.PathLike, out: str | os.Path
                 if loaded:
                     (pipe.disable_lora if model == "base" else pipe.enable_lora)()
                 for row in rows:
-                    image = _generate(pipe, [row["prompt"]], row["evaluation_seed"], steps, guidance_scale, 1)[0]
+                    image = generate_images(pipe, [row["prompt"]], row["evaluation_seed"], steps,
+                                            guidance_scale, 1)[0]
                     name = f"{model}/{row['case_number']}.png"
                     image.save(folder / name)
                     manifest.writerow([row["case_number"], row["prompt"], row["evaluation_seed"], model, name])
@@ -189,7 +212,7 @@ def generate_for_judges(base, prompts_csv: str | os.PathLike, out: str | os.Path
             pipe.unload_lora_weights()
 
 
-def _prompts(pool: list[str], n: int, seed: int) -> list[str]:
+def sample_prompts(pool: list[str], n: int, seed: int) -> list[str]:
     """``n`` prompts from ``pool``, without repetition while the pool lasts, deterministic."""
     rng = np.random.default_rng(seed)
     order = np.concatenate([rng.permutation(len(pool)) for _ in range(n // len(pool) + 1)])
@@ -197,11 +220,14 @@ def _prompts(pool: list[str], n: int, seed: int) -> list[str]:
 
 
 @torch.no_grad()
-def _generate(pipe, prompts: list[str], seed: int, steps: int, guidance: float, batch_size: int) -> list[Image.Image]:
+def generate_images(pipe, prompts: list[str], seed: int, steps: int, guidance: float, batch_size: int,
+                    **pipe_kwargs) -> list[Image.Image]:
+    """One image per prompt, image ``j`` from seed ``seed + j``, in batches; ``pipe_kwargs`` go to the pipeline
+    (``output_type="latent"`` gives latents instead of PIL images)."""
     images = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
         generators = [torch.Generator().manual_seed(seed + start + j) for j in range(len(batch))]
         images += pipe(batch, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
-                       output_type="pil").images
+                       **{"output_type": "pil", **pipe_kwargs}).images
     return images

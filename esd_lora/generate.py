@@ -24,10 +24,12 @@ class Comparison:
     seeds: list[int]
     base: list[Image.Image]
     erased: list[Image.Image]
-    label: str
+    label: str  # the adapters, e.g. "no-red.safetensors + no-star.safetensors x0.8"; empty without adapters
 
     def grid(self) -> Image.Image:
-        return compare_grid({"base": self.base, self.label: self.erased}, title=self.prompt)
+        """Top row base, bottom row base + adapters; one row when there are no adapters."""
+        rows = {"base": self.base, self.label: self.erased} if self.label else {"base": self.base}
+        return compare_grid(rows, title=self.prompt)
 
 
 def generate(base, prompt: str, *, adapters: list[AdapterSpec | str] = (), seed: int = 0, num_images: int = 4,
@@ -57,7 +59,7 @@ def generate(base, prompt: str, *, adapters: list[AdapterSpec | str] = (), seed:
 
     base_images, erased_images, _ = with_and_without(pipe, specs, run, force=force)
     label = " + ".join(os.path.basename(s.source) + (f" x{s.weight:g}" if s.weight != 1 else "") for s in specs)
-    return Comparison(prompt=prompt, seeds=seeds, base=base_images, erased=erased_images, label=label or "base")
+    return Comparison(prompt=prompt, seeds=seeds, base=base_images, erased=erased_images, label=label)
 
 
 def compare_grid(rows: dict[str, list[Image.Image]], *, title: str | None = None) -> Image.Image:

@@ -22,6 +22,7 @@ from .adapter import Adapter, load_adapter
 from .cards import merged_card
 from .errors import ConfigError
 from .families import SHORT_NAMES, load_pipeline, resolve_dtype
+from .hub import check_repo_id, push_folder, refuse_offline
 from .outputs import atomic_path, check_folder, check_output, write_folder
 from .stack import AdapterSpec, apply_adapters, parse_adapter_specs
 
@@ -31,12 +32,14 @@ ERASURES_FILE = "erasures.json"  # machine-readable list of the erasures baked i
 
 def merge(base: str | os.PathLike, adapters: list[AdapterSpec | str], out: str | os.PathLike, *,
           single_file: str | os.PathLike | None = None, dtype: str = "fp32", overwrite: bool = False,
-          force: bool = False, device: str | None = "cpu") -> Path:
+          force: bool = False, device: str | None = "cpu", push: str | None = None, private: bool = False,
+          endpoint: str | None = None, token: str | None = None) -> Path:
     """Fuse ``adapters`` (``FILE[:WEIGHT]`` or specs) into ``base`` and write a diffusers folder at ``out``.
 
     ``dtype`` is the dtype of the saved weights (the fusion itself is done in fp32). With ``single_file`` a
     single safetensors checkpoint in the original Stable Diffusion key layout is written too. Every output is
-    refused if it exists (unless ``overwrite``) before any work, and written atomically.
+    refused if it exists (unless ``overwrite``) before any work, and written atomically. With ``push`` (a Hub
+    repo id, checked before any work) the folder is then uploaded to that model repo, its card pointing there.
 
     >>> merge("bundled", ["no-red.safetensors", "no-star.safetensors:0.8"], "bundled-no-red-star")
     """
@@ -51,6 +54,9 @@ def merge(base: str | os.PathLike, adapters: list[AdapterSpec | str], out: str |
     single_file = check_output(single_file, overwrite=overwrite) if single_file is not None else None
     if single_file is not None and single_file.suffix != ".safetensors":
         raise ConfigError(f"--single-file {single_file} must end in .safetensors")
+    if push is not None:
+        check_repo_id(push)
+        refuse_offline(f"push to {push}")
 
     pipe = load_pipeline(base, device=device, dtype="fp32")
     loaded = apply_adapters(pipe, specs, force=force)
@@ -70,13 +76,15 @@ def merge(base: str | os.PathLike, adapters: list[AdapterSpec | str], out: str |
                                                         "erasures": erasures}, indent=2))
         merged_card(base_id=base_id, erasures=erasures, dtype=dtype,
                     single_file=single_file.name if single_file else None,
-                    repo_hint=str(out)).save(folder / "README.md")
+                    repo_hint=push or str(out)).save(folder / "README.md")
 
     write_folder(out, write, overwrite=overwrite)
     if single_file is not None:
         from .single_file import save_single_file
 
         save_single_file(pipe, single_file, metadata={"esd_lora_erasures": json.dumps(erasures)})
+    if push is not None:
+        push_folder(out, push, private=private, endpoint=endpoint, token=token)
     return out
 
 

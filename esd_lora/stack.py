@@ -17,25 +17,30 @@ import torch
 
 from .adapter import Adapter, base_fingerprint, load_adapter
 from .errors import AdapterBaseMismatchError, AdapterShapeMismatchError, ConfigError
+from .hub import HUB_PREFIX, resolve_adapter_source
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class AdapterSpec:
-    """An adapter file and the weight it is applied with (``FILE[:WEIGHT]`` on the command line)."""
+    """An adapter and the weight it is applied with (``FILE[:WEIGHT]`` on the command line).
+
+    ``source`` is a local file, or a Hub repo as ``hub:OWNER/NAME[@REVISION]`` (or a bare ``OWNER/NAME``), pulled
+    when the stack is loaded; a local path that exists always wins.
+    """
 
     source: str
     weight: float = 1.0
 
 
 def parse_adapter_spec(text: str) -> AdapterSpec:
-    """Parse ``FILE`` or ``FILE:WEIGHT`` (a path containing ':' is kept whole when it exists)."""
+    """Parse ``FILE``, ``FILE:WEIGHT`` or ``hub:REPO[@REV][:WEIGHT]`` (an existing path with ':' is kept whole)."""
     text = str(text).strip()
     if not text:
         raise ConfigError("empty adapter: write --adapter FILE or --adapter FILE:WEIGHT")
     path, sep, weight = text.rpartition(":")
-    if not sep or os.path.exists(text):
+    if ":" not in text.removeprefix(HUB_PREFIX) or os.path.exists(text):
         return AdapterSpec(text)
     try:
         value = float(weight)
@@ -74,15 +79,16 @@ def apply_adapters(pipe, specs: list[AdapterSpec | str], *, force: bool = False)
 
 
 def load_stack(specs: list[AdapterSpec], *, force: bool = False) -> list[Adapter]:
-    """Read every adapter of a stack; refuse a file listed twice, and (unless ``force``) mixed bases."""
+    """Read every adapter of a stack, pulling Hub ones; refuse one listed twice and (unless ``force``) mixed bases."""
     seen: dict[Path, str] = {}
-    for spec in specs:
-        key = Path(spec.source).expanduser().resolve()
+    paths = [resolve_adapter_source(spec.source) for spec in specs]
+    for spec, path in zip(specs, paths):
+        key = path.resolve()
         if key in seen:
             raise ConfigError(f"adapter {spec.source} is listed twice (also as {seen[key]}): give it once, with "
                               "the summed weight, e.g. FILE:1.5")
         seen[key] = spec.source
-    adapters = [load_adapter(spec.source) for spec in specs]
+    adapters = [load_adapter(path) for path in paths]
     if not force:
         first = adapters[0] if adapters else None
         for other in adapters[1:]:

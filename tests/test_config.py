@@ -9,6 +9,7 @@ def test_defaults_and_normalisation():
     assert cfg.concepts == ["van gogh"]
     assert (cfg.method, cfg.eta, cfg.start_guidance, cfg.ddim_steps) == ("esd-x", 1.0, 3.0, 50)
     assert cfg.alpha == float(cfg.rank) == 4.0
+    assert (cfg.gradient_checkpointing, cfg.compile) == (False, False)  # speed options are opt-in
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
@@ -30,6 +31,8 @@ def test_defaults_and_normalisation():
     ({"concepts": ["x"], "bank_size": -1}, ConfigError, "bank_size must be 0"),
     ({"concepts": ["x"], "bank_size": True}, ConfigError, "bank_size"),
     ({"concepts": ["x"], "refresh_every": 0}, ConfigError, "refresh_every"),
+    ({"concepts": ["x"], "gradient_checkpointing": "yes"}, ConfigError, "gradient_checkpointing must be true or"),
+    ({"concepts": ["x"], "compile": 1}, ConfigError, "compile must be true or false"),
 ])
 def test_bad_values_are_refused(kwargs, error, match):
     with pytest.raises(error, match=match):

@@ -221,3 +221,55 @@ def test_bad_settings_file_is_named(recommending_base, content, error, match):
     (recommending_base / "esd_lora.json").write_text(content)
     with pytest.raises(error, match=match):
         make_config(recommending_base, "red")
+
+
+def test_gradient_checkpointing_recomputes_the_same_training_and_is_undone(sd1_pipe, monkeypatch):
+    import torch.utils.checkpoint
+
+    unet, calls, states = sd1_pipe.unet, [], []
+    original = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or original(*a, **k))
+    run = lambda **options: esd_lora.erase(sd1_pipe, "red", iterations=2, ddim_steps=3, lr=1e-2,  # noqa: E731
+                                           progress=False, **options).state_dict
+    plain = run()
+    assert not calls  # off by default
+    checkpointed = run(gradient_checkpointing=True,
+                       callback=lambda step, loss: states.append(unet.is_gradient_checkpointing))
+    assert calls and states == [True, True]
+    assert not unet.is_gradient_checkpointing  # restored for the caller
+    for key in plain:
+        torch.testing.assert_close(checkpointed[key], plain[key])
+
+
+@pytest.mark.slow
+def test_compiled_forward_keeps_the_adapter_switch_and_is_undone(sd1_pipe, monkeypatch):
+    """The compiled UNet equals the eager one with the adapter on and off, during training; after, it is gone.
+
+    The test compiles with the aot_eager backend (graph capture, guards and autograd as with inductor, without
+    minutes of C++ code generation on a CPU runner).
+    """
+    import functools
+
+    compiled = []
+    compile_eager = functools.partial(torch.compile, backend="aot_eager")
+    monkeypatch.setattr(torch, "compile", lambda fn: compiled.append(fn) or compile_eager(fn))
+    unet = sd1_pipe.unet
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(1, 4, 8, 8, generator=g), torch.tensor(500)
+    cond = family_of(sd1_pipe).encode(["red"]).unet_kwargs()
+    gaps = []
+
+    def compare(step, loss):
+        with torch.no_grad():
+            with frozen(unet):
+                gaps.append(("off", unet(x, t, **cond).sample, type(unet).forward(unet, x, t, **cond).sample))
+            gaps.append(("on", unet(x, t, **cond).sample, type(unet).forward(unet, x, t, **cond).sample))
+
+    esd_lora.erase(sd1_pipe, "red", iterations=2, ddim_steps=3, bank_size=2, lr=1e-2, compile=True,
+                   progress=False, callback=compare)
+    assert len(compiled) == 1 and "forward" not in vars(unet)  # compiled once, then the class forward again
+    assert [state for state, *_ in gaps] == ["off", "on"] * 2
+    for _, fast, eager in gaps:
+        torch.testing.assert_close(fast, eager)
+    on, off = gaps[-1][1], gaps[-2][1]
+    assert not torch.allclose(on, off)  # the switch really changes the compiled model's output

@@ -69,3 +69,4 @@ def test_generate_same_seeds_base_and_adapted(tiny_dirs, sd1_adapter):
     assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(comparison.base, comparison.erased))
     assert not getattr(pipe.unet, "peft_config", None)  # unloaded afterwards
     assert comparison.grid().size == (2 * 128, 18 + 2 * (128 + 18))
+    assert plain.label == "" and plain.grid().size == (2 * 128, 18 + 128 + 18)  # no adapters: one row, the base

@@ -7,9 +7,12 @@ import sys
 
 from .. import __version__
 from ..errors import EsdLoraError
-from . import erase, evaluate, export, generate, info, merge
+from . import app, erase, evaluate, export, generate, info, merge
+from . import pull, push, search
+from . import erase_many
+from . import attack
 
-COMMANDS = (erase, generate, evaluate, merge, export, info)
+COMMANDS = (erase, generate, evaluate, merge, export, info, app, push, pull, search, erase_many, attack)
 
 
 def build_parser() -> argparse.ArgumentParser:

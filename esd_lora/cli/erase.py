@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..attack import ADVERSARIAL_EVERY
 from ..config import METHODS, EraseConfig
 from ..erase import erase, make_config
 from ..families import recommended_options
@@ -11,13 +12,23 @@ EXAMPLES = """\
   esd-lora erase "van gogh" --base ./stable-diffusion-v1-5 --out no-van-gogh.safetensors
   esd-lora erase nudity --base stable-diffusion-v1-5/stable-diffusion-v1-5 --method esd-u --iterations 1000
   esd-lora erase glasses --erase-from "a scientist" --base ./sd15 --eta 1.5
-  esd-lora erase "claude monet" "pablo picasso" --base ./sd15    # one adapter, two concepts"""
+  esd-lora erase "claude monet" "pablo picasso" --base ./sd15    # one adapter, two concepts
+  esd-lora erase red --adversarial    # harder to undo with soft prompts; check with 'esd-lora attack'"""
 
 
 def register(sub) -> None:
     p = add_command(sub, "erase", help="erase one or more concepts into a LoRA adapter file",
                     examples=EXAMPLES, run=run)
     p.add_argument("concepts", nargs="+", metavar="CONCEPT", help=EraseConfig.help("concepts"))
+    add_erase_options(p)
+    p.add_argument("--out", default=None,
+                   help="output .safetensors file (default: esd-<concept>-<method>.safetensors here)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_erase_options(p) -> None:
+    """The training options of an erasure (base, method, ..., device): shared by erase and erase-many."""
     add_base(p)
     p.add_argument("--method", default=None, choices=list(METHODS),
                    help="; ".join(f"{k}: {v}" for k, v in METHODS.items()) + f" (default: {_default('method')})")
@@ -25,7 +36,8 @@ def register(sub) -> None:
                              ("--alpha", "alpha", float), ("--eta", "eta", float),
                              ("--start-guidance", "start_guidance", float), ("--ddim-steps", "ddim_steps", int),
                              ("--bank-size", "bank_size", int), ("--refresh-every", "refresh_every", int),
-                             ("--seed", "seed", int)):
+                             ("--seed", "seed", int), ("--adversarial-every", "adversarial_every", int),
+                             ("--adversarial-steps", "adversarial_steps", int)):
         p.add_argument(flag, dest=name, type=kind, default=None,
                        help=f"{EraseConfig.help(name)} (default: {_default(name)})")
     p.add_argument("--erase-from", default=None, metavar="TEXT", help=EraseConfig.help("erase_from"))
@@ -35,18 +47,28 @@ def register(sub) -> None:
                    help=f"{EraseConfig.help('preserve_weight')} (default: {_default('preserve_weight')})")
     p.add_argument("--sample-with", default=None, choices=("trained", "frozen"),
                    help=f"{EraseConfig.help('sample_with')} (default: {_default('sample_with')})")
+    p.add_argument("--adversarial", action="store_true",
+                   help=f"adversarial erasure, as --adversarial-every {ADVERSARIAL_EVERY}: harder to undo with "
+                        "soft prompts (check with 'esd-lora attack'), a few times slower")
     add_device(p)
-    p.add_argument("--out", default=None,
-                   help="output .safetensors file (default: esd-<concept>-<method>.safetensors here)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    for name in ("gradient_checkpointing", "compile"):
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, action="store_true", default=None,
+                       help=EraseConfig.help(name))
+
+
+def erase_options(args) -> dict:
+    """The training options set on the command line; the others come from the base's recommendations or defaults."""
+    options = {name: getattr(args, name) for name in (
+        "method", "iterations", "lr", "rank", "alpha", "eta", "start_guidance", "ddim_steps", "bank_size",
+        "refresh_every", "seed", "erase_from", "preserve", "preserve_weight", "sample_with", "device", "dtype",
+        "gradient_checkpointing", "compile", "adversarial_every", "adversarial_steps")}
+    if args.adversarial and options["adversarial_every"] is None:
+        options["adversarial_every"] = ADVERSARIAL_EVERY
+    return {k: v for k, v in options.items() if v is not None and v != []}  # what the user set
 
 
 def run(args) -> int:
-    options = {name: getattr(args, name) for name in (
-        "method", "iterations", "lr", "rank", "alpha", "eta", "start_guidance", "ddim_steps", "bank_size",
-        "refresh_every", "seed", "erase_from", "preserve", "preserve_weight", "sample_with", "device", "dtype")}
-    options = {k: v for k, v in options.items() if v is not None and v != []}  # what the user set
+    options = erase_options(args)
     config = make_config(args.base, args.concepts, **options)  # validates before the model is loaded
     recommended, path = recommended_options(args.base)
     used = {k: v for k, v in recommended.items() if k not in options and k != "anchors"}

@@ -36,6 +36,6 @@ def run(args) -> int:
                           force=args.force)
     with atomic_path(out) as tmp:
         comparison.grid().save(tmp, format="PNG")
-    print(f"wrote {out}: '{args.prompt}', seeds {comparison.seeds[0]}..{comparison.seeds[-1]}, "
-          f"top row base, bottom row {comparison.label}")
+    rows = f"top row base, bottom row {comparison.label}" if comparison.label else "base model only (no --adapter)"
+    print(f"wrote {out}: '{args.prompt}', seeds {comparison.seeds[0]}..{comparison.seeds[-1]}, {rows}")
     return 0
