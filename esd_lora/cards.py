@@ -58,7 +58,8 @@ def merged_card(*, base_id: str, erasures: list[dict], dtype: str, single_file: 
 def _is_hub_id(name: str) -> bool:
     """``owner/name`` with no path-like parts: what the Hub's ``base_model`` field accepts."""
     parts = name.split("/")
-    return not os.path.exists(name) and len(parts) == 2 and all(p and not p.startswith(".") for p in parts) and "\\" not in name
+    return (not os.path.exists(name) and len(parts) == 2 and "\\" not in name
+            and all(p and not p.startswith(".") for p in parts))
 
 
 ADAPTER_TEMPLATE = """---

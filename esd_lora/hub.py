@@ -19,12 +19,13 @@ each file with the remote one first and commit only what changed: pushing the sa
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -36,6 +37,7 @@ from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTT
                                     RevisionNotFoundError, RevisionResolutionError)
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.utils._runtime import is_xet_available
 from huggingface_hub.utils.sha import git_hash
 
 from .adapter import Adapter, file_sha256, load_adapter
@@ -280,9 +282,30 @@ def upload_files(api: HfApi, repo_id: str, files: dict[str, Path | bytes], *, me
     changed = changed_files(api, repo_id, files, revision=revision)
     if dry_run or not changed:
         return Upload(repo_id, changed, None)
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=files[name]) for name in changed]
-    info = api.create_commit(repo_id, operations, commit_message=message, revision=revision)
+    try:
+        info = api.create_commit(repo_id, [CommitOperationAdd(path_in_repo=name, path_or_fileobj=files[name])
+                                           for name in changed], commit_message=message, revision=revision)
+    except Exception as exc:  # noqa: BLE001 - only a refused Xet upload is retried, anything else is re-raised
+        if not _xet_refused(exc):
+            raise
+        print(f"the Hub at {api.endpoint} takes no Xet uploads: uploading with Git LFS instead", file=sys.stderr)
+        with ExitStack() as stack:  # file objects make huggingface_hub take its Git LFS path
+            readers = {name: stack.enter_context(_reader(files[name])) for name in changed}
+            operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=reader)
+                          for name, reader in readers.items()]
+            info = api.create_commit(repo_id, operations, commit_message=message, revision=revision)
     return Upload(repo_id, changed, info.commit_url)
+
+
+def _reader(content: Path | bytes) -> io.BufferedIOBase:
+    """A binary reader of a file or of bytes."""
+    return open(content, "rb") if isinstance(content, Path) else io.BufferedReader(io.BytesIO(content))
+
+
+def _xet_refused(exc: BaseException) -> bool:
+    """Whether huggingface_hub's Xet upload failed because the server speaks no Xet (e.g. a private Hub that only
+    has Git LFS): hf_xet then reports a failed request to the server's ``xet-write-token`` route."""
+    return is_xet_available() and not isinstance(exc, HfHubHTTPError) and "xet" in str(exc).lower()
 
 
 def changed_files(api: HfApi, repo_id: str, files: dict[str, Path | bytes], *,
@@ -349,18 +372,19 @@ def _report_files(report: str | os.PathLike | None) -> tuple[Path | None, Path |
 
 def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = False, endpoint: str | None = None,
                 token: str | None = None) -> str:
-    """Upload a folder (a merged checkpoint with its README.md card) to the model repo ``repo_id``; the commit URL."""
+    """Upload a folder (a merged checkpoint with its README.md card) to the model repo ``repo_id``; the commit URL
+    (the repo URL when every file was already there)."""
     check_repo_id(repo_id)
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise ConfigError(f"{folder} is not a folder: push the folder 'esd-lora merge --out' wrote")
     refuse_offline(f"push to {repo_id}")
     endpoint = hub_endpoint(endpoint)
-    api = HfApi(endpoint=endpoint, token=token)
+    files = {path.relative_to(folder).as_posix(): path for path in sorted(folder.rglob("*")) if path.is_file()}
     with hub_errors(f"push to {repo_id}", endpoint, repo_id):
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        info = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=f"esd-lora: {folder.name}")
-    return info.commit_url
+        done = upload_files(HfApi(endpoint=endpoint, token=token), repo_id, files, private=private,
+                            message=f"esd-lora: {folder.name}")
+    return done.url or f"{endpoint}/{repo_id}"
 
 
 # --- search -----------------------------------------------------------------------------------------------------

@@ -113,8 +113,9 @@ def export_kohya(adapter: str | os.PathLike | Adapter, out: str | os.PathLike, *
     out = check_output(out, overwrite=overwrite)
     tensors = kohya_state_dict(adapter)
     config = adapter.metadata.config
+    family = adapter.metadata.family
     header = {"format": "pt", "ss_network_module": "networks.lora", "ss_network_dim": str(config.rank),
-              "ss_network_alpha": f"{config.alpha:g}", "ss_base_model_version": _KOHYA_VERSIONS.get(adapter.metadata.family, adapter.metadata.family),
+              "ss_network_alpha": f"{config.alpha:g}", "ss_base_model_version": _KOHYA_VERSIONS.get(family, family),
               "esd_lora": adapter.header()["esd_lora"]}
     with atomic_path(out) as tmp:
         save_file(tensors, str(tmp), metadata=header)

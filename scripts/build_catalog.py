@@ -1,6 +1,7 @@
 """Build the catalog of erasures that ships in ``adapters/``: one adapter per concept of the bundled world.
 
     python scripts/build_catalog.py [--out adapters] [--concepts red star ...] [--n 16] [--seed 0]
+    python scripts/build_catalog.py --table     # the catalog's index as the README's markdown table
 
 Each concept is erased from the bundled base with the library defaults (the base's recommended settings), then
 evaluated on every concept of the bundled world (training and held-out phrasings, ``--n`` images each, evaluation
@@ -53,6 +54,18 @@ def entry(out: Path, name: str, seconds: float, measured: dict) -> dict:
             "report": f"{name}/report.json", "grid": f"{name}/grid.png"}
 
 
+def markdown_table(index: dict) -> str:
+    """One row per adapter: base rate, erased rate per split, how many other concepts kept >= 90%, the worst."""
+    lines = ["| adapter | base | erased (train / held-out) | others kept >= 90% of base | worst other | train s |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for e in index["adapters"]:
+        m = e["metrics"]
+        lines.append(f"| `{e['file']}` | {m['base_rate']:.0%} | {m['erased_train']:.0%} / {m['erased_held_out']:.0%} "
+                     f"| {m['others_kept_90']} of {m['others']} | {m['worst_other']} {m['worst_other_ratio']:.0%} "
+                     f"| {e['train_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="adapters")
@@ -60,7 +73,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=16, help="images per concept and phrasing split")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--table", action="store_true", help="print the index as a markdown table and stop")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads((Path(args.out) / INDEX).read_text())))
+        return
     unknown = [c for c in args.concepts if c not in world.all_concepts()]
     if unknown:
         parser.error(f"unknown concept(s) {', '.join(unknown)}: choose from {', '.join(world.all_concepts())}")

@@ -479,7 +479,8 @@ def make_variant(sd1_adapter, tmp_path):
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
     """A running :class:`FakeHub`; huggingface_hub gets a fresh cache, no token, and Xet off (so the client
-    uploads with plain LFS, which the fake Hub speaks; huggingface_hub 2.4 has no Xet-to-LFS fallback)."""
+    uploads with plain LFS, which the fake Hub speaks, without first trying Xet and falling back: one test covers
+    that fallback)."""
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))

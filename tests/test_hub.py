@@ -71,6 +71,16 @@ def test_push_uploads_adapter_card_and_evaluation_with_lfs(hub, sd1_adapter, rep
     assert 'pipe.load_lora_weights("me/no-red")' in card.text and "--adapter hub:me/no-red" in card.text
 
 
+def test_a_hub_without_xet_gets_the_upload_through_git_lfs(hub, sd1_adapter, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)  # huggingface_hub tries Xet first; the fake has none
+    push_adapter(sd1_adapter, "me/no-red", endpoint=hub.url)
+    assert "uploading with Git LFS instead" in capsys.readouterr().err
+    assert hub.files("me/no-red")[ADAPTER_FILE] == sd1_adapter.read_bytes()
+    assert file_sha256(sd1_adapter) in hub.lfs
+
+
 def test_pushing_the_same_thing_twice_commits_nothing(hub, sd1_adapter):
     push_adapter(sd1_adapter, "me/no-red", endpoint=hub.url)
     commits = hub.commit_count("me/no-red")
