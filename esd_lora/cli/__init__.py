@@ -45,11 +45,13 @@ def _quiet_libraries() -> None:
     import warnings
 
     from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as transformers_logging
 
     for logging in (diffusers_logging, transformers_logging):
         logging.set_verbosity_error()
         logging.disable_progress_bar()
+    hub_logging.set_verbosity_error()  # retries and connection chatter: our own one-line errors say what to do
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
