@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="print the index as a markdown table and stop")
     args = parser.parse_args()
     if args.table:
+        if not (Path(args.out) / INDEX).is_file():
+            parser.error(f"{Path(args.out) / INDEX} does not exist: build the catalog first")
         print(markdown_table(json.loads((Path(args.out) / INDEX).read_text())))
         return
     unknown = [c for c in args.concepts if c not in world.all_concepts()]
