@@ -48,8 +48,7 @@ def run(pipe, concept: str, setting: str, n: int, seed: int) -> dict:
         esd_lora.erase(pipe, concept, out=path, progress=False, seed=seed, **options)
         seconds = time.perf_counter() - start
         report = esd_lora.evaluate(pipe, adapters=[str(path)], n=n, seed=seed + 1)
-    others = [c for c in world.all_concepts() if c != concept]
-    ratios = {c: report.rate(c) / max(report.rate(c, "base"), 1e-9) for c in others}
+    ratios = report.kept([concept])
     worst = min(ratios, key=ratios.get)
     return {"concept": concept, "setting": setting, "seconds": seconds,
             "base": report.rate(concept, "base"),

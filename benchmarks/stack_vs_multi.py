@@ -26,7 +26,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import esd_lora  # noqa: E402
-from esd_lora.bundled import world  # noqa: E402
 from esd_lora.config import EraseConfig  # noqa: E402
 from esd_lora.families import load_pipeline  # noqa: E402
 
@@ -35,8 +34,7 @@ ORDER = ["red", "star", "striped", "blue", "circle", "dotted", "green", "square"
 
 def scores(report, erased: list[str]) -> dict:
     rates = [report.rate(c) for c in erased]
-    others = [c for c in world.all_concepts() if c not in erased]
-    ratios = {c: report.rate(c) / max(report.rate(c, "base"), 1e-9) for c in others}
+    ratios = report.kept(erased)
     worst = min(ratios, key=ratios.get)
     return {"erased_mean": sum(rates) / len(rates), "erased_worst": max(rates),
             "worst_other": worst, "worst_other_ratio": ratios[worst]}

@@ -61,6 +61,11 @@ class Report:
         rows = [r for r in self.rows if r.concept == concept and (split is None or r.split == split)]
         return float(np.mean([getattr(r, which) for r in rows]))
 
+    def kept(self, erased: list[str]) -> dict[str, float]:
+        """For every evaluated concept not in ``erased``: its rate with the adapters relative to its base rate."""
+        concepts = dict.fromkeys(r.concept for r in self.rows)
+        return {c: self.rate(c) / max(self.rate(c, "base"), 1e-9) for c in concepts if c not in erased}
+
     def table(self) -> str:
         lines = [f"{'concept':<10} {'dimension':<9} {'split':<8} {'base':>6} {'adapted':>8}  change"]
         for r in self.rows:

@@ -30,13 +30,12 @@ INDEX = "index.json"
 
 def metrics(report, concept: str) -> dict:
     """Efficacy on the erased concept and specificity on the others, from an evaluation report."""
-    others = [c for c in world.all_concepts() if c != concept]
-    ratios = {c: report.rate(c) / max(report.rate(c, "base"), 1e-9) for c in others}
+    ratios = report.kept([concept])
     worst = min(ratios, key=ratios.get)
     return {"base_rate": round(report.rate(concept, "base"), 4),
             "erased_train": round(report.rate(concept, split="train"), 4),
             "erased_held_out": round(report.rate(concept, split="held-out"), 4),
-            "others_kept_90": sum(r >= 0.9 for r in ratios.values()), "others": len(others),
+            "others_kept_90": sum(r >= 0.9 for r in ratios.values()), "others": len(ratios),
             "worst_other": worst, "worst_other_ratio": round(ratios[worst], 4),
             "n": report.settings["n"]}
 

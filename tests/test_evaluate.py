@@ -5,7 +5,8 @@ import pytest
 
 from esd_lora.cli import main
 from esd_lora.errors import ConfigError, OutputExistsError
-from esd_lora.evaluate import UnknownConceptError, evaluate, generate_for_judges, read_prompts_csv
+from esd_lora.evaluate import (ConceptScore, Report, UnknownConceptError, evaluate, generate_for_judges,
+                               read_prompts_csv)
 from esd_lora.families import load_pipeline
 
 
@@ -71,3 +72,14 @@ def test_cli_evaluate_prints_the_saved_table(tiny_dirs, tmp_path, capsys):
     assert main(argv) == 1 and "already exists" in capsys.readouterr().err
     assert main(["evaluate", "--base", base, "--concept", "purple", "--n", "4"]) == 1
     assert "it knows" in capsys.readouterr().err
+
+
+def test_kept_is_each_other_concepts_rate_relative_to_its_base():
+    rows = [ConceptScore("red", "color", split, 1.0, 0.0, 4) for split in ("train", "held-out")]
+    rows += [ConceptScore("blue", "color", "train", 1.0, 0.5, 4),
+             ConceptScore("blue", "color", "held-out", 0.5, 0.5, 4),
+             ConceptScore("star", "shape", "train", 0.0, 0.0, 4),
+             ConceptScore("star", "shape", "held-out", 0.0, 0.0, 4)]
+    kept = Report(rows=rows, settings={}).kept(["red"])
+    assert list(kept) == ["blue", "star"]  # the erased concept is left out, the order is the report's
+    assert kept["blue"] == pytest.approx(0.5 / 0.75) and kept["star"] == 0.0  # a base rate of 0 does not divide by 0
