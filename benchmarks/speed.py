@@ -6,23 +6,30 @@ Part "bundled" (the bundled base, on CPU or CUDA): each variant erases ``--conce
 iterations training pauses for a check at ``--n`` images per concept and phrasing split (the same prompts and
 seeds as the base's): first the erased concept alone, and only once it is at most 10% (both phrasing splits),
 every other concept. The bar is passed when every other concept keeps at least 90% of its base rate, and a pass
-is confirmed at ``--confirm-n`` images (a pass by chance at small n does not count). Reported:
-training seconds to the bar (checks excluded), iterations, seconds per iteration (setup and bank refreshes
-included), peak memory before the first check, and the size of what must be saved. Time to the bar is the
-"erasure quality per second" figure: a variant that iterates faster but needs more iterations shows it here.
+is confirmed at ``--confirm-n`` images (a pass by chance at small n does not count). "Every other concept" is,
+by default (``--others reliable``), every one the base draws at least 90% of the time on both phrasing splits
+(at ``--confirm-n``): the bundled base draws dotted at ~70%, and a concept that unreliable swings by more than
+the bar's 10% between checks; ``--others all`` counts every concept, and each check also reports the worst of
+all. Reported: training seconds (checks excluded) and iterations to erasure (the concept <= 10% on both splits,
+confirmed at ``--confirm-n``) and to the bar, seconds per iteration (setup and bank refreshes included), peak
+memory before the first check, and the size of what must be saved. Time to the bar is the "erasure quality per
+second" figure: a variant that iterates faster but needs more iterations shows it here.
 
 Variants ("reference" is benchmarks/reference_esd.py, the paper's loop; the others are esd_lora.erase with the
 bundled base's recommended settings plus one switch):
 
 * reference          two UNets, full attn2 weights, fresh trajectory by the trained model every step, separate
-                     e0/ep forwards; one row per learning rate of ``--reference-lrs`` (its tries, below)
+                     e0/ep forwards, fp32 (full weights do not train in bf16); one row per learning rate of
+                     ``--reference-lrs`` (its tries, below)
 * esd-lora           the defaults: LoRA, one UNet, bank of 16 trajectories, batched teacher
 * fresh-trajectory   bank_size=0: x_t from a fresh trajectory every step, as in the paper
 * frozen-sampler     sample_with=frozen: the bank's guidance passes are reused as e0/ep
 * unbatched-teacher  the teacher's (and student's) prompts in separate forwards instead of one batch
 * checkpointing      gradient_checkpointing=True
+* low-memory         gradient_checkpointing=True and refresh_batch=2 (the bank sampled 2 trajectories at a time)
 * compile            compile=True (compile time counts)
-* bf16 / fp32        dtype of the frozen base (the default is fp32 on CPU, bf16 on CUDA)
+* bf16 / fp32        dtype of the frozen base (the bundled part runs fp32, as the base rates, unless a variant
+                     says otherwise; the random part bf16 on CUDA, fp32 on CPU)
 
 Part "random" (random-weight UNets of the released SD 1.5 and SDXL architectures, benchmarks/random_models.py):
 one training iteration's time and the peak memory, for the reference loop and esd-lora variants. The reference
@@ -66,12 +73,14 @@ VARIANTS = {  # esd-lora variant -> erase options on top of the defaults
     "frozen-sampler": {"sample_with": "frozen"},
     "unbatched-teacher": {},  # the worker splits esd-lora's batched forwards instead
     "checkpointing": {"gradient_checkpointing": True},
+    "low-memory": {"gradient_checkpointing": True, "refresh_batch": 2},
     "compile": {"compile": True},
     "bf16": {"dtype": "bf16"},
     "fp32": {"dtype": "fp32"},
 }
 SPLITS = ("train", "held-out")
 ERASED_MAX, KEPT_MIN = 0.10, 0.90
+RELIABLE = 0.90  # with --others reliable, the bar counts the concepts the base draws at least this often
 # Parameters of the released models (UNet, text encoders), to skip a loop that cannot fit in memory.
 PARAMS = {"sd15": (0.86e9, 0.12e9), "sdxl": (2.57e9, 0.82e9)}
 CPU_LATENTS = {"sd15": 32, "sdxl": 64}
@@ -110,16 +119,26 @@ def check(pipe, task: dict) -> dict:
 
 
 def bar(pipe, task: dict, n: int, base: dict) -> dict:
-    """The erased concept at most 10% on both splits, then every other concept at >= 90% of its base rate."""
+    """The erased concept at most 10% on both splits, then every other concept of the bar (``bar_others``) at
+    >= 90% of its base rate. Also the worst of all other concepts, those left out of the bar included."""
     concept, others = task["concept"], task["others"]
     erased = max(rates(pipe, [concept], n, task["seed"], task["eval_steps"])[concept].values())
-    result = {"erased": erased, "worst_other": None, "worst_ratio": None, "passed": False}
+    result = {"erased": erased, "worst_other": None, "worst_ratio": None, "worst_any": None,
+              "worst_any_ratio": None, "passed": False}
     if erased <= ERASED_MAX:
         now = rates(pipe, others, n, task["seed"], task["eval_steps"])
         ratios = {c: _mean(now[c]) / _mean(base[c]) if _mean(base[c]) > 0 else 1.0 for c in others}
-        worst = min(ratios, key=ratios.get)
-        result.update(worst_other=worst, worst_ratio=ratios[worst], passed=ratios[worst] >= KEPT_MIN)
+        worst = min(task["bar_others"], key=ratios.get)
+        worst_any = min(ratios, key=ratios.get)
+        result.update(worst_other=worst, worst_ratio=ratios[worst], worst_any=worst_any,
+                      worst_any_ratio=ratios[worst_any], passed=ratios[worst] >= KEPT_MIN)
     return result
+
+
+def erased_check(pipe, task: dict) -> bool:
+    """The erased concept at most 10% on both splits at ``n`` images and again at ``confirm_n``."""
+    return all(max(rates(pipe, [task["concept"]], n, task["seed"], task["eval_steps"])[task["concept"]].values())
+               <= ERASED_MAX for n in dict.fromkeys([task["n"], task["confirm_n"]]))
 
 
 def _mean(by_split: dict[str, float]) -> float:
@@ -164,9 +183,12 @@ def bar_worker(task: dict) -> dict:
     options = dict(VARIANTS.get(task["variant"], {}), **task["overrides"])
     if task["variant"] == "unbatched-teacher":
         split_forwards()
-    pipe = load_pipeline("bundled", device=task["device"], dtype=options.get("dtype", "auto"))
+    # fp32 unless the variant says otherwise, on CUDA too: the base rates are fp32's, and the reference trains
+    # full weights (Adam's steps vanish in bf16 weights), as the paper did in fp32.
+    pipe = load_pipeline("bundled", device=task["device"], dtype=options.get("dtype", "fp32"))
     device = pipe.unet.device
-    row = {"pipeline_mb": peak_mb(device), "checks": [], "iterations": None, "train_s": None}
+    row = {"pipeline_mb": peak_mb(device), "checks": [], "iterations": None, "train_s": None,
+           "erased_iterations": None, "erased_train_s": None}
     clock = Clock()
 
     def after(step: int, save_bytes, generating=nullcontext) -> bool:
@@ -179,6 +201,8 @@ def bar_worker(task: dict) -> dict:
             row["peak_mb"], row["file_mb"] = peak_mb(device), save_bytes() / 2**20
         with clock.pause(), generating():
             result = check(pipe, task)
+            if row["erased_iterations"] is None and result["erased"] <= ERASED_MAX and erased_check(pipe, task):
+                row["erased_iterations"], row["erased_train_s"] = step, row["last_train_s"]
         row["checks"].append({"iteration": step, "train_s": row["last_train_s"], **result})
         if result["passed"]:
             row["iterations"], row["train_s"] = step, row["last_train_s"]
@@ -237,6 +261,9 @@ def timing_worker(task: dict) -> dict:
     pipe = build(task["model"], device=task["device"], unet_overrides=task["unet_overrides"])
     pipe.to(dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
     device = pipe.unet.device
+    if device.type == "cuda":  # the random weights were made in fp32: count from the pipeline as it now is
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     row = {"dtype": dtype, "pipeline_mb": peak_mb(device)}
     iterations, steps = task["iterations"], task["ddim_steps"]
     marks = [time.perf_counter()]
@@ -273,7 +300,7 @@ def base_worker(task: dict) -> dict:
     """The base model's rates of the erased concept and of every other, as the checks will ask for them."""
     from esd_lora.families import load_pipeline
 
-    pipe = load_pipeline("bundled", device=task["device"])
+    pipe = load_pipeline("bundled", device=task["device"], dtype="fp32")
     base = {}
     for key in ("n", "confirm_n"):
         args = (task[key], task["seed"], task["eval_steps"])
@@ -339,16 +366,20 @@ def bundled_part(args, device: str) -> list[dict]:
     base = run_worker({"kind": "base", **common})
     if "error" in base:
         sys.exit(f"base rates failed: {base['error']}")
+    reliable = [c for c in others if min(base["confirm_n"][c].values()) >= RELIABLE]
+    common["bar_others"] = reliable if args.others == "reliable" else others
+    left_out = [c for c in others if c not in common["bar_others"]]
     print(f"{args.concept}: base {_mean(base['confirm_n'][args.concept]):.0%}; bar: {args.concept} <= "
-          f"{ERASED_MAX:.0%} on both splits, every other concept >= {KEPT_MIN:.0%} of its base rate; checked every "
-          f"{args.check_every} iterations at n={args.n}, a pass confirmed at n={args.confirm_n}\n")
-    header = (f"{'variant':<18} {'lr':>7} {'s/it':>6} {'iters':>6} {'train s':>8} {'peak MB':>8} {'file MB':>8}  "
-              "erased / worst other at the last check")
+          f"{ERASED_MAX:.0%} on both splits, every other concept >= {KEPT_MIN:.0%} of its base rate"
+          + (f" (left out, drawn by the base < {RELIABLE:.0%} on a split: {', '.join(left_out)})" if left_out else "")
+          + f"; checked every {args.check_every} iterations at n={args.n}, a pass confirmed at n={args.confirm_n}\n")
+    header = (f"{'variant':<18} {'lr':>7} {'s/it':>6} {'erased':>11} {'bar':>11} {'peak MB':>8} {'file MB':>8}  "
+              "last check: erased / worst other of the bar / worst of all")
+    print(f"{'':<33}{'iters / s':>11} {'iters / s':>11}")
     print(header)
     rows = []
     overrides = {"ddim_steps": args.ddim_steps} if args.ddim_steps else {}
-    runs = [("reference", lr) for lr in args.reference_lrs if "reference" in args.variants]
-    runs += [(v, None) for v in args.variants if v != "reference"]
+    runs = [(v, lr) for v in args.variants for lr in (args.reference_lrs if v == "reference" else [None])]
     for variant, lr in runs:
         task = {"kind": "bar", "variant": variant, "lr": lr, "base_rates": base, "overrides": overrides,
                 "check_every": args.check_every, "max_iterations": args.max_iterations, **common}
@@ -364,33 +395,47 @@ def _bar_line(row: dict) -> str:
     if "error" in row:
         return f"{row['variant']:<18} {lr:>7}  {row['error']}"
     last = row["checks"][-1] if row["checks"] else {}
-    iters = row["iterations"] or f">{row['last_iteration']}"
-    train_s = f"{row['train_s']:.1f}" if row["train_s"] else f">{row['last_train_s']:.0f}"
-    other = f"{last['worst_other']} {last['worst_ratio']:.0%}" if last.get("worst_other") else "-"
+
+    def reached(iterations, seconds) -> str:
+        return f"{iterations} / {seconds:.0f}" if iterations else f">{row['last_iteration']} / >{row['last_train_s']:.0f}"
+
+    other = f"{last['worst_other']} {last['worst_ratio']:.0%} / {last['worst_any']} {last['worst_any_ratio']:.0%}" \
+        if last.get("worst_other") else "-"
     erased = f"{last['erased']:.0%}" if last else "-"
-    return (f"{row['variant']:<18} {lr:>7} {row['s_per_it']:6.3f} {iters:>6} {train_s:>8} "
+    return (f"{row['variant']:<18} {lr:>7} {row['s_per_it']:6.3f} "
+            f"{reached(row['erased_iterations'], row['erased_train_s']):>11} "
+            f"{reached(row['iterations'], row['train_s']):>11} "
             f"{row.get('peak_mb', float('nan')):8.0f} {row.get('file_mb', float('nan')):8.2f}  {erased} / {other}")
 
 
 def _bar_ratios(rows: list[dict]) -> None:
-    """Each esd-lora variant against the fastest reference run that passed the bar, or, if none did, against the
-    longest reference run (then esd-lora is at least that much faster)."""
+    """Each esd-lora variant against the reference, to erasure and to the bar: against the fastest reference run
+    that got there, or, if none did, against the longest reference run (esd-lora is then at least that much
+    faster)."""
     refs = [r for r in rows if r["variant"] == "reference" and "error" not in r]
     if not refs:
         return
-    passed = [r for r in refs if r["train_s"]]
-    ref = min(passed, key=lambda r: r["train_s"]) if passed else max(refs, key=lambda r: r["last_train_s"])
-    ref_s, at_least = (ref["train_s"], "") if passed else (ref["last_train_s"], "at least ")
-    print(f"\nagainst the reference at lr {ref['lr']:.0e} ({ref_s:.0f} s " +
-          ("to the bar):" if passed else "without reaching the bar, the longest reference run):"))
+    longest = max(refs, key=lambda r: r["last_train_s"])
+    print()
+    for goal, key in (("erasure", "erased_train_s"), ("the bar", "train_s")):
+        passed = [r for r in refs if r[key]]
+        ref = min(passed, key=lambda r: r[key]) if passed else longest
+        ref_s = ref[key] if passed else ref["last_train_s"]
+        print(f"to {goal}, against the reference at lr {ref['lr']:.0e} ({ref_s:.0f} s" +
+              (f" to {goal}):" if passed else f", {goal} not reached: the longest reference run):"))
+        for row in rows:
+            if row["variant"] == "reference" or "error" in row:
+                continue
+            faster = f"{'' if passed else 'at least '}{ref_s / row[key]:.1f}x faster" if row[key] else \
+                f"{goal} not reached"
+            print(f"  {row['variant']:<18} {faster}")
+    ref = min((r for r in refs if r["train_s"]), key=lambda r: r["train_s"], default=longest)
+    print(f"per iteration, memory and file, against the reference at lr {ref['lr']:.0e}:")
     for row in rows:
-        if row["variant"] == "reference" or "error" in row:
-            continue
-        to_bar = f"{at_least}{ref_s / row['train_s']:.1f}x faster to the bar" if row["train_s"] else \
-            "bar not reached"
-        print(f"  {row['variant']:<18} {to_bar:<32} {ref['s_per_it'] / row['s_per_it']:.1f}x iterations/s   "
-              f"{ref['peak_mb'] / row['peak_mb']:.2f}x less peak memory   "
-              f"{ref['file_mb'] / row['file_mb']:.0f}x smaller file")
+        if row["variant"] != "reference" and "error" not in row:
+            print(f"  {row['variant']:<18} {ref['s_per_it'] / row['s_per_it']:.1f}x iterations/s   "
+                  f"{ref['peak_mb'] / row['peak_mb']:.2f}x less peak memory   "
+                  f"{ref['file_mb'] / row['file_mb']:.0f}x smaller file")
 
 
 def random_part(args, device: str) -> list[dict]:
@@ -454,13 +499,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--concept", default="red", help="the concept erased on the bundled base")
     parser.add_argument("--variants", nargs="+", default=None, choices=["reference", *VARIANTS],
-                        help="bundled-base variants (default: all but the dtype not in use)")
+                        help="bundled-base variants, run in this order (default: all but the dtype not in use)")
     parser.add_argument("--reference-lrs", nargs="+", type=float, default=[1e-3, 2e-3, 3e-3],
                         help="learning rates tried for the reference loop, one row each")
     parser.add_argument("--n", type=int, default=8, help="images per concept and phrasing split at each check")
     parser.add_argument("--confirm-n", type=int, default=32,
                         help="images per concept and split of the check that confirms a pass at --n")
     parser.add_argument("--eval-steps", type=int, default=25, help="sampling steps of the checks' images")
+    parser.add_argument("--others", choices=["reliable", "all"], default="reliable",
+                        help="the other concepts the bar counts: those the base draws >= 90%% of the time on both "
+                             "phrasing splits (default; a concept the base draws at 70%% swings by more than the "
+                             "bar's 10%% at these n), or all")
     parser.add_argument("--check-every", type=int, default=50)
     parser.add_argument("--max-iterations", type=int, default=600)
     parser.add_argument("--ddim-steps", type=int, default=None,
@@ -468,8 +517,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", nargs="+", default=["sd15", "sdxl"], choices=["sd15", "sdxl"])
     parser.add_argument("--timing-variants", nargs="+", default=None, choices=["reference", *VARIANTS],
-                        help="variants timed on the random UNets (default: reference, esd-lora, checkpointing; "
-                             "on CUDA also compile and fp32)")
+                        help="variants timed on the random UNets (default: reference, esd-lora, checkpointing, "
+                             "low-memory; on CUDA also compile and fp32)")
     parser.add_argument("--timing-ddim-steps", type=int, default=None, help="default: 50 on CUDA, 2 on CPU")
     parser.add_argument("--timing-iterations", type=int, default=None, help="default: 10 on CUDA, 3 on CPU")
     parser.add_argument("--full-size", action="store_true", help="on CPU too, the released latent sizes")
@@ -477,11 +526,13 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
     if args.variants is None:
-        args.variants = ["reference", *(v for v in VARIANTS if v != ("bf16" if cuda else "fp32"))]
+        # the bundled part runs fp32, and its model is too small for the low-memory options to matter
+        args.variants = ["reference", *(v for v in VARIANTS if v not in ("fp32", "low-memory"))]
         if args.quick:
             args.variants.remove("compile")
     if args.timing_variants is None:
-        args.timing_variants = ["reference", "esd-lora", "checkpointing"] + (["compile", "fp32"] if cuda else [])
+        args.timing_variants = ["reference", "esd-lora", "checkpointing", "low-memory"] + (["compile", "fp32"]
+                                                                                            if cuda else [])
     args.unet_overrides = {}
     if args.quick:  # seconds per measurement: the shapes of the code paths, not of the models
         args.reference_lrs, args.n, args.confirm_n, args.eval_steps = args.reference_lrs[-1:], 1, 2, 4

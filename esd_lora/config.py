@@ -59,6 +59,10 @@ class EraseConfig:
         "their guidance passes are reused as the teacher's predictions); 0 samples a fresh trajectory for every "
         "step, as in the paper")
     refresh_every: int = _opt(50, "steps between re-samplings of the trajectory bank")
+    refresh_batch: int = _opt(
+        0, "trajectories sampled per UNet forward when the bank is re-sampled (a smaller batch, less memory); "
+        "0 = as many as fit a fixed activation budget: the whole bank on small models, 8 at SD 1.5 size, "
+        "2 at SDXL size")
     adversarial_every: int = _opt(
         0, "adversarial erasure: every this many steps, optimise a soft prompt that brings the concept back "
         "against the current adapter, and add its ESD term to the loss at every step; 0 = off (SD 1.x/2.x only)")
@@ -100,6 +104,8 @@ class EraseConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be 0 (off) or a positive integer, got {value!r}")
+        if isinstance(self.refresh_batch, bool) or not isinstance(self.refresh_batch, int) or self.refresh_batch < 0:
+            raise ConfigError(f"refresh_batch must be 0 (automatic) or a positive integer, got {self.refresh_batch!r}")
         for name in ("iterations", "ddim_steps", "rank", "refresh_every", "adversarial_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

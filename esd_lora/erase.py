@@ -40,6 +40,11 @@ from .objective import esd_loss, guided, preservation_loss
 
 ADAPTER_NAME = "esd"
 _LOSS_WINDOW = 50  # the reported final loss is the mean over this many last steps
+# Latent elements of the trajectories sampled in one forward when refreshing the bank (refresh_batch=0): eight
+# SD 1.5 latents (4x64x64). The whole bank of a small model fits; SD 1.5 and SDXL sample in chunks, which bounds
+# the refresh's activation memory (at SD 1.5 size in bf16, a bank of 16 in one forward peaked 2.1 GiB above the
+# pipeline's weights, and gradient checkpointing did not lower that peak).
+_REFRESH_BUDGET = 8 * 4 * 64 * 64
 _XATTN_PROJECTIONS = {"esd-x": ("to_q", "to_k", "to_v", "to_out.0"), "esd-x-strict": ("to_k", "to_v")}
 _ESD_U_EXCLUDED = ("time_embedding.", "add_embedding.", "conv_out")
 
@@ -210,17 +215,26 @@ class TrajectoryBank(Resampler):
     def refresh(self) -> None:
         size, generator = self.config.bank_size, self.generator
         self.concept_of = torch.randint(len(self.concepts), (size,), generator=generator).tolist()
-        texts = Conditioning.cat([self.uncond] * size + [self.concepts[i] for i in self.concept_of])
         noise = torch.randn((size, *self.family.latent_shape), generator=generator)
+        chunk = self.config.refresh_batch or max(1, _REFRESH_BUDGET // noise[0].numel())
+        steps = [self._sample(noise[i : i + chunk], self.concept_of[i : i + chunk]) for i in range(0, size, chunk)]
+        per_step = list(zip(*steps))  # [chunk][step] -> [step][chunk]
+        self.xs = [torch.cat([x for x, _ in chunks]) for chunks in per_step]
+        self.predictions = [tuple(torch.cat(p) for p in zip(*(pred for _, pred in chunks))) for chunks in per_step] \
+            if self.keeps_teacher else []
+
+    def _sample(self, noise: torch.Tensor, concept_of: list[int]) -> list[tuple[torch.Tensor, tuple | None]]:
+        """Sample whole trajectories from ``noise``, one batched forward per step: each step's ``(x_t, (u, c))``
+        (the guidance pass is kept only when it is the teacher's)."""
+        texts = Conditioning.cat([self.uncond] * len(concept_of) + [self.concepts[i] for i in concept_of])
         x = noise.to(self.unet.device, self.unet.dtype) * self.sampler.init_noise_sigma
-        self.xs, self.predictions = [], []
+        steps = []
         with torch.no_grad(), _sampling_model(self.unet, self.config):
             for t in self.sampler.timesteps:
                 u, c = self.unet(torch.cat([x, x]), t, **texts.unet_kwargs()).sample.chunk(2)
-                self.xs.append(x)
-                if self.keeps_teacher:
-                    self.predictions.append((u, c))
+                steps.append((x, (u, c) if self.keeps_teacher else None))
                 x = self.sampler.step(guided(u, c, self.config.start_guidance), t, x).prev_sample
+        return steps
 
     def draw(self, step: int):
         """``(x_t, t, concept index, (e0, ep) or None)``."""

@@ -28,6 +28,7 @@ def test_defaults_and_normalisation():
     ({"concepts": ["x"], "dtype": "fp8"}, ConfigError, "dtype"),
     ({"concepts": ["x"], "preserve": ["ok", " "]}, EmptyConceptError, "preserve"),
     ({"concepts": ["x"], "preserve_weight": -1.0}, ConfigError, "preserve_weight"),
+    ({"concepts": ["x"], "refresh_batch": -1}, ConfigError, "refresh_batch must be 0 .automatic. or a positive"),
     ({"concepts": ["x"], "bank_size": -1}, ConfigError, "bank_size must be 0"),
     ({"concepts": ["x"], "bank_size": True}, ConfigError, "bank_size"),
     ({"concepts": ["x"], "refresh_every": 0}, ConfigError, "refresh_every"),

@@ -79,6 +79,7 @@ def test_seeded_training_is_reproducible(sd1_pipe):
     {"sample_with": "frozen", "bank_size": 0},
     {"bank_size": 0},
     {"sample_with": "frozen", "bank_size": 2, "refresh_every": 1, "preserve": ["blue"]},
+    {"bank_size": 3, "refresh_batch": 1},
     {"erase_from": "a shape"},
     {"method": "esd-x-strict", "eta": 2.0, "start_guidance": 1.0},
     {"preserve": ["blue", "a star"], "preserve_weight": 2.0},
@@ -118,6 +119,30 @@ def test_bank_reuses_the_frozen_guidance_passes_as_exact_teacher_predictions(sd1
     for cached, fresh in draws:
         for a, b in zip(cached, fresh):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("sample_with", ["frozen", "trained"])
+def test_bank_sampled_in_chunks_equals_the_bank_sampled_at_once(sd1_pipe, monkeypatch, sample_with):
+    """refresh_batch only bounds memory: 5 trajectories sampled 2 at a time are the 5 sampled together."""
+    from esd_lora.erase import TrajectoryBank
+
+    banks = []
+    original = TrajectoryBank.refresh
+
+    def refresh(self):
+        original(self)
+        banks.append((self.config.refresh_batch, self.concept_of, self.xs, self.predictions))
+
+    monkeypatch.setattr(TrajectoryBank, "refresh", refresh)
+    for refresh_batch in (0, 2):
+        esd_lora.erase(sd1_pipe, ["red", "green"], sample_with=sample_with, bank_size=5, refresh_batch=refresh_batch,
+                       iterations=1, ddim_steps=3, progress=False)
+    (_, concepts_at_once, xs_at_once, preds_at_once), (_, concepts_chunked, xs_chunked, preds_chunked) = banks
+    assert concepts_at_once == concepts_chunked
+    assert len(xs_chunked) == 3 and xs_chunked[0].shape[0] == 5
+    torch.testing.assert_close(xs_chunked, xs_at_once, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(preds_chunked, preds_at_once, atol=1e-5, rtol=1e-4)
+    assert bool(preds_chunked) == (sample_with == "frozen")
 
 
 def test_trained_sampler_bank_asks_the_teacher(sd1_pipe, monkeypatch):

@@ -36,6 +36,7 @@ def add_erase_options(p) -> None:
                              ("--alpha", "alpha", float), ("--eta", "eta", float),
                              ("--start-guidance", "start_guidance", float), ("--ddim-steps", "ddim_steps", int),
                              ("--bank-size", "bank_size", int), ("--refresh-every", "refresh_every", int),
+                             ("--refresh-batch", "refresh_batch", int),
                              ("--seed", "seed", int), ("--adversarial-every", "adversarial_every", int),
                              ("--adversarial-steps", "adversarial_steps", int)):
         p.add_argument(flag, dest=name, type=kind, default=None,
@@ -60,8 +61,8 @@ def erase_options(args) -> dict:
     """The training options set on the command line; the others come from the base's recommendations or defaults."""
     options = {name: getattr(args, name) for name in (
         "method", "iterations", "lr", "rank", "alpha", "eta", "start_guidance", "ddim_steps", "bank_size",
-        "refresh_every", "seed", "erase_from", "preserve", "preserve_weight", "sample_with", "device", "dtype",
-        "gradient_checkpointing", "compile", "adversarial_every", "adversarial_steps")}
+        "refresh_every", "refresh_batch", "seed", "erase_from", "preserve", "preserve_weight", "sample_with",
+        "device", "dtype", "gradient_checkpointing", "compile", "adversarial_every", "adversarial_steps")}
     if args.adversarial and options["adversarial_every"] is None:
         options["adversarial_every"] = ADVERSARIAL_EVERY
     return {k: v for k, v in options.items() if v is not None and v != []}  # what the user set
