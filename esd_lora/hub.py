@@ -393,19 +393,25 @@ def search_adapters(text: str | None = None, *, base: str | None = None, endpoin
                     token: str | None = None, limit: int = 50) -> list[dict]:
     """Hub adapters tagged esd-lora (most downloaded first), optionally matching ``text`` and trained on ``base``.
 
-    Each result: ``repo_id``, ``concepts``, ``method``, ``base``, ``downloads``, ``url``. ``limit`` bounds the
-    listing before the ``base`` filter.
+    Each result: ``repo_id``, ``concepts``, ``method``, ``base``, ``downloads``, ``url``. At most ``limit``
+    results, counted after the ``base`` filter (the listing is read page by page until that many match).
     """
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ConfigError(f"limit must be a positive integer, got {limit!r}")
     refuse_offline("search the Hub")
     endpoint = hub_endpoint(endpoint)
-    with hub_errors("search adapters", endpoint):
-        models = list(HfApi(endpoint=endpoint, token=token).list_models(
-            filter=TAG, search=text or None, sort="downloads", limit=limit, cardData=True))
     found = []
-    for model in models:
-        data = model.card_data.to_dict() if model.card_data is not None else {}
-        ours = data.get("esd_lora") or {}
-        found.append({"repo_id": model.id, "concepts": list(ours.get("concepts") or []),
-                      "method": ours.get("method"), "base": ours.get("base_model") or data.get("base_model"),
-                      "downloads": model.downloads or 0, "url": f"{endpoint}/{model.id}"})
-    return [item for item in found if base is None or item["base"] == base]
+    with hub_errors("search adapters", endpoint):
+        models = HfApi(endpoint=endpoint, token=token).list_models(
+            filter=TAG, search=text or None, sort="downloads", limit=None if base else limit, cardData=True)
+        for model in models:  # pages are fetched as the iteration goes
+            data = model.card_data.to_dict() if model.card_data is not None else {}
+            ours = data.get("esd_lora") or {}
+            item = {"repo_id": model.id, "concepts": list(ours.get("concepts") or []),
+                    "method": ours.get("method"), "base": ours.get("base_model") or data.get("base_model"),
+                    "downloads": model.downloads or 0, "url": f"{endpoint}/{model.id}"}
+            if base is None or item["base"] == base:
+                found.append(item)
+                if len(found) == limit:
+                    break
+    return found

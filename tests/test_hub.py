@@ -16,8 +16,9 @@ from safetensors.torch import save_file
 import esd_lora
 from esd_lora.adapter import file_sha256, load_adapter
 from esd_lora.cli import main
-from esd_lora.errors import (HubAuthError, HubConnectionError, HubIntegrityError, HubNotFoundError, HubOfflineError,
-                             HubPermissionError, HubServerError, InvalidRepoIdError, NotAnEsdAdapterError)
+from esd_lora.errors import (ConfigError, HubAuthError, HubConnectionError, HubIntegrityError, HubNotFoundError,
+                             HubOfflineError, HubPermissionError, HubServerError, InvalidRepoIdError,
+                             NotAnEsdAdapterError)
 from esd_lora.families import family_of, load_pipeline
 from esd_lora.hub import ADAPTER_FILE, pull_adapter, push_adapter, resolve_adapter_source, search_adapters
 from esd_lora.stack import AdapterSpec, parse_adapter_spec
@@ -170,6 +171,12 @@ def test_search_lists_tagged_adapters_with_concepts_base_method_and_downloads(hu
     assert [f["repo_id"] for f in search_adapters("no-red", endpoint=hub.url)] == ["me/no-red"]
     assert [f["repo_id"] for f in search_adapters(base="bundled", endpoint=hub.url)] == ["you/bundled-red"]
     assert search_adapters("nothing-like-this", endpoint=hub.url) == []
+    # the limit counts results after the base filter, not repos listed before it
+    assert [f["repo_id"] for f in search_adapters(endpoint=hub.url, limit=1)] == ["you/bundled-red"]
+    only = search_adapters(base=found[1]["base"], endpoint=hub.url, limit=1)
+    assert [f["repo_id"] for f in only] == ["me/no-red"]
+    with pytest.raises(ConfigError, match="limit must be a positive integer"):
+        search_adapters(endpoint=hub.url, limit=0)
 
 
 def test_cli_push_pull_search(hub, sd1_adapter, report_dir, tmp_path, capsys):

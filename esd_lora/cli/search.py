@@ -19,7 +19,7 @@ def register(sub) -> None:
                     examples=EXAMPLES, run=run)
     p.add_argument("text", nargs="?", default=None, metavar="TEXT", help="only repos whose id contains TEXT")
     p.add_argument("--base", default=None, metavar="MODEL", help="only adapters trained on this base (id or 'bundled')")
-    p.add_argument("--limit", type=int, default=50, help="at most this many repos")
+    p.add_argument("--limit", type=int, default=50, help="at most this many results (after --base)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     add_endpoint(p)
 

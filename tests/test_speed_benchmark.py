@@ -1,0 +1,67 @@
+"""The erasure bar of benchmarks/speed.py, on canned rates (the benchmark itself is not part of the suite)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+
+
+@pytest.fixture
+def speed(monkeypatch):
+    spec = importlib.util.spec_from_file_location("speed_benchmark", PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def canned(monkeypatch, speed, now: dict[str, float]) -> list[list[str]]:
+    """Make ``rates`` answer ``now`` (the same rate on both splits); return the concept lists it was asked for."""
+    asked = []
+
+    def rates(pipe, concepts, n, seed, steps):
+        asked.append(list(concepts))
+        return {c: {"train": now[c], "held-out": now[c]} for c in concepts}
+
+    monkeypatch.setattr(speed, "rates", rates)
+    return asked
+
+
+BASE = {c: {"train": r, "held-out": r} for c, r in {"red": 1.0, "blue": 1.0, "star": 1.0, "dotted": 0.7}.items()}
+TASK = {"concept": "red", "others": ["blue", "star", "dotted"], "bar_others": ["blue", "star"], "seed": 0,
+        "eval_steps": 25, "n": 8, "confirm_n": 32}
+
+
+def test_the_bar_counts_the_reliable_concepts_and_reports_the_worst_of_all(monkeypatch, speed):
+    canned(monkeypatch, speed, {"red": 0.0, "blue": 0.95, "star": 0.9, "dotted": 0.35})
+    result = speed.bar(None, TASK, 8, BASE)
+    assert result["passed"] and result["worst_other"] == "star" and result["worst_ratio"] == pytest.approx(0.9)
+    assert result["worst_any"] == "dotted" and result["worst_any_ratio"] == pytest.approx(0.5)
+    everything = dict(TASK, bar_others=TASK["others"])  # --others all
+    assert not speed.bar(None, everything, 8, BASE)["passed"]
+
+
+def test_a_damaged_concept_of_the_bar_fails_it(monkeypatch, speed):
+    canned(monkeypatch, speed, {"red": 0.1, "blue": 0.85, "star": 1.0, "dotted": 0.7})
+    result = speed.bar(None, TASK, 8, BASE)
+    assert not result["passed"] and result["worst_other"] == "blue"
+
+
+def test_others_are_not_generated_before_the_concept_is_erased(monkeypatch, speed):
+    asked = canned(monkeypatch, speed, {"red": 0.125, "blue": 1.0, "star": 1.0, "dotted": 0.7})
+    result = speed.bar(None, TASK, 8, BASE)
+    assert asked == [["red"]] and not result["passed"] and result["worst_other"] is None
+    assert not speed.erased_check(None, TASK)
+
+
+def test_erasure_is_confirmed_at_the_larger_n(monkeypatch, speed):
+    asked = []
+
+    def rates(pipe, concepts, n, seed, steps):
+        asked.append(n)
+        return {"red": {"train": 0.0 if n == 8 else 0.2, "held-out": 0.0}}
+
+    monkeypatch.setattr(speed, "rates", rates)
+    assert not speed.erased_check(None, TASK)  # 0% at 8 images, 20% at 32: not erased
+    assert asked == [8, 32]
