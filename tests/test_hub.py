@@ -179,6 +179,26 @@ def test_search_lists_tagged_adapters_with_concepts_base_method_and_downloads(hu
         search_adapters(endpoint=hub.url, limit=0)
 
 
+def test_cli_info_and_export_take_hub_adapters(hub, sd1_adapter, tmp_path, capsys, monkeypatch):
+    push_adapter(sd1_adapter, "me/no-red", endpoint=hub.url)
+    assert main(["info", "hub:me/no-red", "--endpoint", hub.url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["concepts"] == ["red"]
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "me/no-red", "--endpoint", hub.url]) == 0
+    exported = tmp_path / "no-red-kohya.safetensors"  # named after the repo, in the current folder
+    assert f"wrote {exported.name}" in capsys.readouterr().out
+    from safetensors import safe_open
+
+    with safe_open(str(exported), "pt") as f:
+        assert any(k.startswith("lora_unet_") for k in f.keys())
+    requests = len(hub.requests)
+    assert main(["export", "me/no-red", "--endpoint", hub.url]) == 1  # exists: refused before any download
+    assert "--overwrite" in capsys.readouterr().err and len(hub.requests) == requests
+    assert main(["info", "hub:me/missing", "--endpoint", hub.url]) == 1
+    assert "me/missing" in capsys.readouterr().err
+
+
 def test_cli_push_pull_search(hub, sd1_adapter, report_dir, tmp_path, capsys):
     assert main(["push", str(sd1_adapter), "me/no-red", "--endpoint", hub.url, "--report", str(report_dir),
                  "--private", "--license", "openrail"]) == 0

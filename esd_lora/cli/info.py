@@ -5,21 +5,26 @@ from __future__ import annotations
 import json
 
 from ..adapter import load_adapter
+from ..hub import resolve_adapter_source
 from ._common import add_command
+from ._hub import add_endpoint
 
 EXAMPLES = """\
   esd-lora info no-van-gogh.safetensors
-  esd-lora info no-van-gogh.safetensors --json | jq .config.concepts"""
+  esd-lora info no-van-gogh.safetensors --json | jq .config.concepts
+  esd-lora info hub:someone/no-van-gogh          # a Hub adapter (pulled into the cache, pinned to its commit)"""
 
 
 def register(sub) -> None:
     p = add_command(sub, "info", help="print the metadata of an adapter file", examples=EXAMPLES, run=run)
-    p.add_argument("file", metavar="FILE", help="an esd-lora adapter (.safetensors)")
+    p.add_argument("file", metavar="FILE", help="an esd-lora adapter (.safetensors), or a Hub adapter: "
+                   "hub:OWNER/NAME[@REV] or OWNER/NAME")
     p.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    add_endpoint(p)
 
 
 def run(args) -> int:
-    adapter = load_adapter(args.file)
+    adapter = load_adapter(resolve_adapter_source(args.file, endpoint=args.endpoint))
     data = adapter.metadata.to_dict()
     if args.json:
         print(json.dumps({**data, "lora": adapter.lora_config}, indent=2, sort_keys=True))
