@@ -75,7 +75,7 @@ class EraseConfig:
                               "CUDA, fp32 elsewhere")
     gradient_checkpointing: bool = _opt(
         False, "recompute the UNet's activations in the backward pass instead of keeping them: less memory, "
-        "about a third more time per step")
+        "more time per step")
     compile: bool = _opt(False, "compile the UNet forward with torch.compile (needs a C++ compiler on CPU, "
                                 "Triton on CUDA): slower first steps, faster later ones on large models")
 

@@ -157,7 +157,7 @@ def load_pipeline(base: str | os.PathLike, *, device: str | None = None, dtype: 
         raise UnsupportedPipelineError(
             f"{base} is a {class_name}: esd-lora trains {' and '.join(SUPPORTED_PIPELINES)} models")
     torch_device = resolve_device(device)
-    kwargs = {"torch_dtype": resolve_dtype(dtype, torch_device), "use_safetensors": True}
+    kwargs = {_dtype_keyword(): resolve_dtype(dtype, torch_device), "use_safetensors": True}
     if class_name == "StableDiffusionPipeline":
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     try:
@@ -169,6 +169,14 @@ def load_pipeline(base: str | os.PathLike, *, device: str | None = None, dtype: 
             "check the folder is complete, or convert .bin/.ckpt weights to safetensors") from exc
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(torch_device)
+
+
+def _dtype_keyword() -> str:
+    """``from_pretrained``'s dtype argument: ``dtype`` in recent diffusers (where ``torch_dtype`` warns that it is
+    deprecated), ``torch_dtype`` in the releases before."""
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
 
 
 RECOMMENDED_FILE = "esd_lora.json"
