@@ -52,16 +52,17 @@ def test_others_are_not_generated_before_the_concept_is_erased(monkeypatch, spee
     asked = canned(monkeypatch, speed, {"red": 0.125, "blue": 1.0, "star": 1.0, "dotted": 0.7})
     result = speed.bar(None, TASK, 8, BASE)
     assert asked == [["red"]] and not result["passed"] and result["worst_other"] is None
-    assert not speed.erased_check(None, TASK)
 
 
-def test_erasure_is_confirmed_at_the_larger_n(monkeypatch, speed):
+@pytest.mark.parametrize("at_32, confirmed", [(0.2, False), (0.1, True)])
+def test_erasure_is_confirmed_at_the_larger_n(monkeypatch, speed, at_32, confirmed):
     asked = []
 
     def rates(pipe, concepts, n, seed, steps):
         asked.append(n)
-        return {"red": {"train": 0.0 if n == 8 else 0.2, "held-out": 0.0}}
+        return {"red": {"train": at_32, "held-out": 0.0}}
 
     monkeypatch.setattr(speed, "rates", rates)
-    assert not speed.erased_check(None, TASK)  # 0% at 8 images, 20% at 32: not erased
-    assert asked == [8, 32]
+    assert speed.erasure_confirmed(None, TASK) == confirmed
+    assert asked == [32]
+    assert speed.erasure_confirmed(None, dict(TASK, confirm_n=8)) and asked == [32]  # nothing larger to ask
