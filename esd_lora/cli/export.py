@@ -29,10 +29,12 @@ def register(sub) -> None:
 
 def run(args) -> int:
     if is_hub_source(args.file):
-        default = Path(f"{parse_hub_source(args.file)[0].split('/')[-1]}-kohya.safetensors")
+        out = args.out or f"{parse_hub_source(args.file)[0].split('/')[-1]}-kohya.safetensors"
+        check_output(out, overwrite=args.overwrite)  # before the download
+        source = resolve_adapter_source(args.file, endpoint=args.endpoint)
     else:
-        default = Path(args.file).with_name(f"{Path(args.file).stem}-kohya.safetensors")
-    out = check_output(args.out or default, overwrite=args.overwrite)  # before any download
-    out = export_kohya(resolve_adapter_source(args.file, endpoint=args.endpoint), out, overwrite=args.overwrite)
+        source = Path(args.file)
+        out = args.out or source.with_name(f"{source.stem}-kohya.safetensors")
+    out = export_kohya(source, out, overwrite=args.overwrite)
     print(f"wrote {out} (kohya layout, true alpha kept)")
     return 0
