@@ -197,6 +197,8 @@ def test_cli_info_and_export_take_hub_adapters(hub, sd1_adapter, tmp_path, capsy
     assert "--overwrite" in capsys.readouterr().err and len(hub.requests) == requests
     assert main(["info", "hub:me/missing", "--endpoint", hub.url]) == 1
     assert "me/missing" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nowhere" / "x.safetensors")]) == 1  # a local file: the input is named
+    assert "x.safetensors does not exist: check the path" in capsys.readouterr().err
 
 
 def test_cli_push_pull_search(hub, sd1_adapter, report_dir, tmp_path, capsys):
