@@ -28,4 +28,4 @@ def register(sub) -> None:
 
 def run(args) -> int:
     path = pull_adapter(args.source, out=args.out, endpoint=args.endpoint, overwrite=args.overwrite)
-    return info.run(argparse.Namespace(file=str(path), json=args.json))
+    return info.run(argparse.Namespace(file=str(path), json=args.json, endpoint=args.endpoint))
