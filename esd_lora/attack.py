@@ -46,7 +46,8 @@ from PIL import Image
 
 from .erase import frozen
 from .errors import ConfigError, EmptyConceptError, UnsupportedAttackError
-from .evaluate import check_known, generate_images, judged_as, positive_int, sample_prompts
+from .config import positive_int
+from .evaluate import check_known, generate_images, judged_as, sample_prompts
 from .families import BUNDLED_BASE, SHORT_NAMES, as_pipeline
 from .generate import compare_grid
 from .objective import esd_loss

@@ -100,16 +100,12 @@ class EraseConfig:
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        for name in ("bank_size", "adversarial_every"):
+        for name, zero in (("bank_size", "off"), ("adversarial_every", "off"), ("refresh_batch", "automatic")):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name} must be 0 (off) or a positive integer, got {value!r}")
-        if isinstance(self.refresh_batch, bool) or not isinstance(self.refresh_batch, int) or self.refresh_batch < 0:
-            raise ConfigError(f"refresh_batch must be 0 (automatic) or a positive integer, got {self.refresh_batch!r}")
+                raise ConfigError(f"{name} must be 0 ({zero}) or a positive integer, got {value!r}")
         for name in ("iterations", "ddim_steps", "rank", "refresh_every", "adversarial_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            positive_int(name, getattr(self, name))
         if self.alpha is None:
             self.alpha = float(self.rank)
         for name in ("eta", "start_guidance", "lr", "alpha", "preserve_weight"):
@@ -139,6 +135,13 @@ class EraseConfig:
     def help(cls, name: str) -> str:
         """The help text of one option, for the CLI and the web app."""
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}[name]
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` if it is a positive integer (not a bool); else a ConfigError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value
 
 
 def _clean_concept(text: Any, *, what: str = "concept") -> str:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .config import positive_int
 from .errors import ConfigError
 from .families import as_pipeline
 from .generate import compare_grid
@@ -151,13 +152,6 @@ def judged_as(images: list[Image.Image], concept: str) -> list[bool]:
 
     dim = world.concept_dimension(concept)
     return [lab[dim] == concept for lab in judge(images)]
-
-
-def positive_int(name: str, value) -> int:
-    """``value`` if it is a positive integer (not a bool); else a ConfigError naming the option."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 def read_prompts_csv(path: str | os.PathLike) -> list[dict]:

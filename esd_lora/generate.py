@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .config import positive_int
 from .errors import ConfigError
 from .families import as_pipeline, family_of
 from .stack import AdapterSpec, parse_adapter_specs, with_and_without
@@ -43,9 +44,8 @@ def generate(base, prompt: str, *, adapters: list[AdapterSpec | str] = (), seed:
     """
     if not isinstance(prompt, str) or not prompt.strip():
         raise ConfigError("empty prompt: give the text to generate, e.g. 'a painting in the style of van gogh'")
-    for name, value in (("num_images", num_images), ("steps", steps)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    positive_int("num_images", num_images)
+    positive_int("steps", steps)
     specs = parse_adapter_specs(adapters)
     pipe = as_pipeline(base, device=device, dtype=dtype)
     family_of(pipe)  # refuses unsupported pipelines with a typed error

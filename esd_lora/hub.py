@@ -42,6 +42,7 @@ from huggingface_hub.utils.sha import git_hash
 
 from .adapter import Adapter, file_sha256, load_adapter
 from .cards import ADAPTER_FILE, adapter_card
+from .config import positive_int
 from .errors import (ConfigError, EsdLoraError, HubAuthError, HubConnectionError, HubError, HubIntegrityError,
                      HubNotFoundError, HubOfflineError, HubPermissionError, HubServerError, InvalidRepoIdError)
 from .outputs import atomic_path, check_output
@@ -396,8 +397,7 @@ def search_adapters(text: str | None = None, *, base: str | None = None, endpoin
     Each result: ``repo_id``, ``concepts``, ``method``, ``base``, ``downloads``, ``url``. At most ``limit``
     results, counted after the ``base`` filter (the listing is read page by page until that many match).
     """
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ConfigError(f"limit must be a positive integer, got {limit!r}")
+    positive_int("limit", limit)
     refuse_offline("search the Hub")
     endpoint = hub_endpoint(endpoint)
     found = []
