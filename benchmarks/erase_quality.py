@@ -1,7 +1,7 @@
 """Erasure quality on the bundled base: efficacy, specificity and wall time, per concept and setting.
 
-    python benchmarks/erase_quality.py [--concepts red star striped] [--settings default plain preserve]
-                                       [--n 32] [--json results.json]
+    python benchmarks/erase_quality.py [--concepts red star striped] [--settings default plain preserve cosine]
+                                       [--n 32] [--json results.json] [--base DIR]
 
 For each concept and setting it trains an adapter on the bundled base, then evaluates every concept of the
 bundled world (training and held-out phrasings) with and without the adapter, from the same prompts and seeds.
@@ -30,6 +30,7 @@ SETTINGS = {  # name -> erase options on top of the library defaults
     "plain": {"preserve": []},
     "preserve": {"preserve": "others"},
     "frozen-sampler": {"sample_with": "frozen"},
+    "cosine": {"lr_schedule": "cosine"},
 }
 
 
@@ -67,8 +68,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=32, help="images per concept and phrasing split")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--base", default="bundled", help="a copy of the bundled base (e.g. a rebuild) to measure")
     args = parser.parse_args()
-    pipe = load_pipeline("bundled", device="cpu")
+    pipe = load_pipeline(args.base, device="cpu")
     print(f"{'concept':<9} {'setting':<15} {'base':>5} {'train':>6} {'held-out':>8} {'worst other':>19} "
           f"{'seconds':>7}  bar")
     results = []

@@ -32,7 +32,10 @@ bundled base's recommended settings plus one switch):
                      says otherwise; the random part bf16 on CUDA, fp32 on CPU)
 
 Part "random" (random-weight UNets of the released SD 1.5 and SDXL architectures, benchmarks/random_models.py):
-one training iteration's time and the peak memory, for the reference loop and esd-lora variants. The reference
+one training iteration's time and the peak memory, for the reference loop and esd-lora variants. The random
+pipeline is saved once (in the run's dtype, under ``--work-dir``) and every loop starts from that folder, as a
+user's run does: the reference keeps the whole pipeline; ``esd_lora.erase(folder)`` frees the text encoders and
+the VAE once the prompts are encoded. "pipe MB" is the loaded pipeline alone. The reference
 stops every trajectory at step ``ddim_steps // 2`` (the mean of the paper's uniform draw); esd-lora's time per
 iteration is its steady step plus its bank refresh spread over ``refresh_every`` steps. On CPU the default keeps
 this to minutes: 2 DDIM steps and half-size latents (32x32 for SD 1.5, 64x64 for SDXL); on CUDA the real sizes,
@@ -58,6 +61,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -248,10 +252,32 @@ def swapped_unet(pipe, unet):
         pipe.unet = own
 
 
-def timing_worker(task: dict) -> dict:
-    """Time training iterations on a random-weight SD 1.5 / SDXL pipeline; record the peak memory."""
-    import esd_lora
+def save_worker(task: dict) -> dict:
+    """Build a random-weight SD 1.5 / SDXL pipeline and save it, in the run's dtype, where the loops load it from."""
     from random_models import build
+
+    torch.manual_seed(0)
+    pipe = build(task["model"], unet_overrides=task["unet_overrides"])
+    pipe.to(dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[task["dtype"]])
+    pipe.save_pretrained(task["folder"], safe_serialization=True)
+    return {}
+
+
+def load_worker(task: dict) -> dict:
+    """The peak memory of the loaded pipeline alone."""
+    from esd_lora.families import load_pipeline
+
+    pipe = load_pipeline(task["folder"], device=task["device"], dtype=task["dtype"])
+    return {"pipeline_mb": peak_mb(pipe.unet.device)}
+
+
+def timing_worker(task: dict) -> dict:
+    """Time training iterations on a saved random-weight SD 1.5 / SDXL pipeline; record the peak memory.
+
+    Both loops start from the folder, as a user's run does: the reference loads the whole pipeline and keeps it;
+    esd_lora.erase(folder) loads it and frees the text encoders and VAE once the prompts are encoded."""
+    import esd_lora
+    from esd_lora.families import load_pipeline
 
     erase_module = importlib.import_module("esd_lora.erase")
 
@@ -260,18 +286,14 @@ def timing_worker(task: dict) -> dict:
         split_forwards()
     dtype = {"auto": task["dtype"], "bf16": "bf16", "fp32": "fp32"}[options.pop("dtype", "auto")]
     torch.manual_seed(0)
-    pipe = build(task["model"], device=task["device"], unet_overrides=task["unet_overrides"])
-    pipe.to(dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
-    device = pipe.unet.device
-    if device.type == "cuda":  # the random weights were made in fp32: count from the pipeline as it now is
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    row = {"dtype": dtype, "pipeline_mb": peak_mb(device)}
+    device = torch.device(task["device"])
+    row = {"dtype": dtype}
     iterations, steps = task["iterations"], task["ddim_steps"]
     marks = [time.perf_counter()]
     if task["variant"] == "reference":
         from reference_esd import ReferenceESD
 
+        pipe = load_pipeline(task["folder"], device=task["device"], dtype=dtype)
         ref = ReferenceESD(pipe, ["a concept"], lr=1e-5, ddim_steps=steps, stop_at=steps // 2)
         for _ in range(iterations):
             ref.step()
@@ -287,7 +309,8 @@ def timing_worker(task: dict) -> dict:
             refreshes.append(time.perf_counter() - started)
 
         erase_module.TrajectoryBank.refresh = timed_refresh
-        adapter = esd_lora.erase(pipe, "a concept", iterations=iterations, ddim_steps=steps, progress=False,
+        adapter = esd_lora.erase(task["folder"], "a concept", iterations=iterations, ddim_steps=steps,
+                                 progress=False, device=task["device"], dtype=dtype,
                                  callback=lambda step, loss: marks.append(time.perf_counter()), **options)
         row["file_mb"] = adapter.num_parameters * 4 / 2**20
         refresh_s = sum(refreshes[:1]) / adapter.metadata.config.refresh_every  # none without a bank
@@ -310,7 +333,8 @@ def base_worker(task: dict) -> dict:
     return base
 
 
-WORKERS = {"bar": bar_worker, "timing": timing_worker, "base": base_worker}
+WORKERS = {"bar": bar_worker, "timing": timing_worker, "base": base_worker, "save": save_worker,
+           "load": load_worker}
 
 
 # ------------------------------------------------------------------------------------------------ parent
@@ -456,19 +480,27 @@ def random_part(args, device: str) -> list[dict]:
         overrides = dict(args.unet_overrides.get(model, {}))
         if not cuda and not args.full_size and not args.quick:
             overrides["sample_size"] = CPU_LATENTS[model]
-        for variant in args.timing_variants:
-            loop = "reference" if variant == "reference" else "esd-lora"
-            run_dtype = VARIANTS.get(variant, {}).get("dtype", dtype)
-            need, free = needed_mb(model, loop, run_dtype), free_mb(device)
-            row = {"model": model, "variant": variant}
-            if not args.quick and need > 0.9 * free:
-                row["error"] = f"skipped: needs over {need / 1024:.0f} GiB, {free / 1024:.0f} GiB free"
-            else:
-                row.update(run_worker({"kind": "timing", "model": model, "variant": variant, "device": device,
-                                       "dtype": dtype, "ddim_steps": steps, "iterations": iterations,
-                                       "unet_overrides": overrides}))
-            rows.append(row)
-            print(_timing_line(row), flush=True)
+        with tempfile.TemporaryDirectory(prefix=f"esd-lora-speed-{model}-", dir=args.work_dir) as folder:
+            saved = run_worker({"kind": "save", "model": model, "dtype": dtype, "folder": folder,
+                                "unet_overrides": overrides})
+            loaded = saved if "error" in saved else run_worker({"kind": "load", "folder": folder, "device": device,
+                                                                "dtype": dtype})
+            for variant in args.timing_variants:
+                loop = "reference" if variant == "reference" else "esd-lora"
+                run_dtype = VARIANTS.get(variant, {}).get("dtype", dtype)
+                need, free = needed_mb(model, loop, run_dtype), free_mb(device)
+                row = {"model": model, "variant": variant}
+                if "error" in loaded:
+                    row["error"] = f"could not save or load the random pipeline: {loaded['error']}"
+                elif not args.quick and need > 0.9 * free:
+                    row["error"] = f"skipped: needs over {need / 1024:.0f} GiB, {free / 1024:.0f} GiB free"
+                else:
+                    row.update(run_worker({"kind": "timing", "model": model, "variant": variant, "device": device,
+                                           "dtype": dtype, "ddim_steps": steps, "iterations": iterations,
+                                           "folder": folder}))
+                    row.setdefault("pipeline_mb", loaded["pipeline_mb"])
+                rows.append(row)
+                print(_timing_line(row), flush=True)
     _timing_ratios(rows)
     return rows
 
@@ -527,6 +559,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--timing-ddim-steps", type=int, default=None, help="default: 50 on CUDA, 2 on CPU")
     parser.add_argument("--timing-iterations", type=int, default=None, help="default: 10 on CUDA, 3 on CPU")
     parser.add_argument("--full-size", action="store_true", help="on CPU too, the released latent sizes")
+    parser.add_argument("--work-dir", default=None,
+                        help="where the random pipelines are saved for the loops to load (default: the temp folder; "
+                             "SD 1.5 takes 4 GB in fp32, SDXL 14 GB)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")

@@ -21,6 +21,7 @@ METHODS: dict[str, str] = {
     "esd-all": "every Linear/Conv layer of the UNet",
 }
 SAMPLERS = ("trained", "frozen")
+LR_SCHEDULES = ("constant", "linear", "cosine")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 
 
@@ -51,6 +52,9 @@ class EraseConfig:
     ddim_steps: int = _opt(50, "DDIM steps of the sampling schedule a stopping step is drawn from")
     iterations: int = _opt(400, "gradient steps")
     lr: float = _opt(2e-4, "Adam learning rate of the adapter")
+    lr_schedule: str = _opt(
+        "constant", "learning-rate schedule over the iterations: 'constant' (as in the paper), or 'linear' / "
+        "'cosine' decay to 0, which ends on a steadier erasure")
     rank: int = _opt(4, "LoRA rank")
     alpha: float | None = _opt(None, "LoRA alpha (scale = alpha / rank); default: equal to the rank")
     seed: int = _opt(0, "random seed of noise, stopping steps and concept draws")
@@ -98,6 +102,8 @@ class EraseConfig:
         for name in ("gradient_checkpointing", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         for name, zero in (("bank_size", "off"), ("adversarial_every", "off"), ("refresh_batch", "automatic")):

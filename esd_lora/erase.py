@@ -16,6 +16,7 @@ switched off it is the frozen teacher, bit for bit the base model. Each step:
 from __future__ import annotations
 
 import datetime
+import gc
 import math
 import os
 import time
@@ -25,6 +26,7 @@ from typing import Callable, Iterator
 
 import torch
 from diffusers import DDIMScheduler
+from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
@@ -88,6 +90,7 @@ def erase(base, concepts: str | list[str], *, config: EraseConfig | None = None,
     config = make_config(base, concepts, config, **options)
     if out is not None:
         out = check_output(out, overwrite=overwrite)  # fail before training, not after
+    owned = not hasattr(base, "unet")  # loaded here: what training does not need is freed once the text is encoded
     pipe = as_pipeline(base, device=config.device, dtype=config.dtype)
     base_id = _pipeline_id(pipe) if pipe is base else str(base)
     family = family_of(pipe)
@@ -106,7 +109,8 @@ def erase(base, concepts: str | list[str], *, config: EraseConfig | None = None,
     try:
         started = time.perf_counter()
         with _speedups(unet, config):
-            final_loss = _train(pipe, family, config, progress=progress, callback=callback)
+            final_loss = _train(pipe, family, config, progress=progress, callback=callback,
+                                release=owned)
         wall_time = time.perf_counter() - started
         state_dict = {f"unet.{k}": v.detach().to("cpu", torch.float32).clone()
                       for k, v in get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME).items()}
@@ -122,7 +126,7 @@ def erase(base, concepts: str | list[str], *, config: EraseConfig | None = None,
     return adapter
 
 
-def _train(pipe, family, config: EraseConfig, *, progress: bool, callback) -> float:
+def _train(pipe, family, config: EraseConfig, *, progress: bool, callback, release: bool = False) -> float:
     unet = pipe.unet
     device = unet.device
     generator = torch.Generator().manual_seed(config.seed)
@@ -135,6 +139,8 @@ def _train(pipe, family, config: EraseConfig, *, progress: bool, callback) -> fl
                                                                        else []))
     uncond = texts[0]
     anchor = texts[1 + n + m] if config.erase_from else uncond
+    if release and not config.adversarial_every:  # adversarial prompts are encoded while training
+        _release_unused(pipe)
     concepts = [texts[1 + i] for i in range(n)]
     preserved = [texts[1 + n + j] for j in range(m)]
     source_class = TrajectoryBank if config.bank_size else Resampler
@@ -146,6 +152,7 @@ def _train(pipe, family, config: EraseConfig, *, progress: bool, callback) -> fl
 
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr)
+    schedule = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=0, num_training_steps=config.iterations)
     recent: deque[float] = deque(maxlen=_LOSS_WINDOW)
     bar = tqdm(range(config.iterations), desc="erasing", unit="it", disable=not progress)
     for step in bar:
@@ -170,11 +177,23 @@ def _train(pipe, family, config: EraseConfig, *, progress: bool, callback) -> fl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        schedule.step()
         recent.append(value)
         bar.set_postfix(loss=f"{value:.4f}")
         if callback is not None:
             callback(step + 1, value)
     return sum(recent) / len(recent)
+
+
+def _release_unused(pipe) -> None:
+    """Free the text encoders and the VAE of a pipeline that erase() loaded itself, once every prompt is encoded:
+    training needs only the UNet (SDXL's two text encoders are 1.6 GB in bf16)."""
+    for name in ("text_encoder", "text_encoder_2", "vae"):
+        if getattr(pipe, name, None) is not None:
+            setattr(pipe, name, None)
+    gc.collect()
+    if pipe.unet.device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 class Resampler:

@@ -21,15 +21,15 @@ Stages (all seeded):
 Usage::
 
     python scripts/build_bundled_base.py --out esd_lora/bundled/base
+    # continue the UNet of an earlier build, drawing the concepts it draws worst more often
+    python scripts/build_bundled_base.py --resume esd_lora/bundled/base --out /tmp/base-next --seed 3 \
+        --lr 3e-4 --budget-minutes 36 --oversample dotted=2 star=1.5
 
-Build time on 2 shared CPU cores (AMD EPYC, torch 2.13 CPU) of the bundled
-model, ``--budget-minutes 36``: 36.0 minutes (render 40 s, VAE 1400 steps
-~9 min, UNet 1979 of 3300 steps ~26.5 min before the budget ended it).  The
-UNet runs at ~1.2-1.3 steps/s there, so the full 3300 steps take ~45 min.
-``--budget-minutes`` squeezes the UNet learning-rate schedule into the
-remaining wall-clock budget and stops it there, so a slower machine still
-finishes (with a weaker model).  That bundled model does NOT yet follow its
-prompts (see the model card ``esd_lora/bundled/base/README.md``).
+The bundled model was built in stages (a from-scratch build, then ``--resume`` stages); each stage's settings
+and minutes on 2 CPU cores are in its ``build_info.json`` and model card (``esd_lora/bundled/base/README.md``).
+The UNet runs at ~1.3-1.9 steps/s on 2 cores. ``--budget-minutes`` squeezes the UNet learning-rate schedule
+into the remaining wall-clock budget and stops it there, so a slower machine still finishes (with a weaker
+model).
 """
 
 from __future__ import annotations
@@ -365,6 +365,29 @@ def pretrain_text_encoder(text_encoder: CLIPTextModel, tokens: CaptionTokens, st
     return text_encoder.eval().requires_grad_(False)
 
 
+def parse_oversample(items: list[str]) -> dict[str, float]:
+    """``["dotted=2", "star=1.5"]`` -> ``{"dotted": 2.0, "star": 1.5}``, checked against the world's concepts."""
+    out = {}
+    for item in items:
+        concept, sep, weight = item.partition("=")
+        if not sep or concept not in world.all_concepts():
+            raise SystemExit(f"error: --oversample takes CONCEPT=WEIGHT with a concept of {world.all_concepts()}, got {item!r}")
+        try:
+            out[concept] = float(weight)
+        except ValueError:
+            raise SystemExit(f"error: --oversample weight must be a number, got {item!r}") from None
+        if not out[concept] > 0:
+            raise SystemExit(f"error: --oversample weight must be positive, got {item!r}")
+    return out
+
+
+def sampling_weights(attrs: list[tuple[str, str, str]], oversample: dict[str, float]) -> torch.Tensor | None:
+    """Per-image sampling weights: the product of the weights of the image's concepts (None: uniform)."""
+    if not oversample:
+        return None
+    return torch.tensor([math.prod(oversample.get(c, 1.0) for c in a) for a in attrs], dtype=torch.float64)
+
+
 def train_unet(
     latents: tuple[torch.Tensor, torch.Tensor],
     attrs: list[tuple[str, str, str]],
@@ -389,10 +412,14 @@ def train_unet(
     noise_sched = make_scheduler()
     alphas_cumprod = noise_sched.alphas_cumprod.to(device)
     mean, std = latents
+    weights = sampling_weights(attrs, args.oversample)
     bar = tqdm(range(args.unet_steps), desc="unet", mininterval=10)
     for step in bar:
         governor.update(step)
-        idx = torch.randint(0, len(mean), (args.batch_size,), generator=gen)
+        if weights is None:
+            idx = torch.randint(0, len(mean), (args.batch_size,), generator=gen)
+        else:
+            idx = torch.multinomial(weights, args.batch_size, replacement=True, generator=gen)
         x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)).to(device)
         captions = [world.sample_caption(*attrs[i], rng) for i in idx.tolist()]
         with torch.no_grad():
@@ -481,7 +508,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--resume", type=Path, default=None, metavar="DIR",
                    help="continue training the UNet of an earlier build in DIR (its VAE, tokenizer and text "
                         "encoder are kept); use another --seed so the batches differ")
-    return p.parse_args()
+    p.add_argument("--oversample", nargs="+", default=[], metavar="CONCEPT=WEIGHT",
+                   help="draw training images of these concepts more often, e.g. --oversample dotted=2 star=1.5")
+    args = p.parse_args()
+    args.oversample = parse_oversample(args.oversample)
+    return args
 
 
 def main() -> None:
@@ -497,6 +528,8 @@ def main() -> None:
     print(f"rendered {len(images)} images in {time.time() - t0:.0f} s", flush=True)
 
     stage = {"seed": args.seed, "threads": governor.max_threads, "images": args.n_images, "lr": args.lr}
+    if args.oversample:
+        stage["oversample"] = args.oversample
     if args.resume:  # keep the earlier build's VAE, tokenizer and text encoder; continue its UNet
         previous = json.loads((args.resume / "build_info.json").read_text())
         tokenizer_files = args.resume / "tokenizer"

@@ -25,6 +25,7 @@ def test_defaults_and_normalisation():
     ({"concepts": ["x"], "lr": "fast"}, ConfigError, "lr"),
     ({"concepts": ["x"], "lr": -1.0}, ConfigError, "lr"),
     ({"concepts": ["x"], "sample_with": "teacher"}, ConfigError, "sample_with"),
+    ({"concepts": ["x"], "lr_schedule": "step"}, ConfigError, "lr_schedule must be one of constant, linear, cosine"),
     ({"concepts": ["x"], "dtype": "fp8"}, ConfigError, "dtype"),
     ({"concepts": ["x"], "preserve": ["ok", " "]}, EmptyConceptError, "preserve"),
     ({"concepts": ["x"], "preserve_weight": -1.0}, ConfigError, "preserve_weight"),

@@ -1,3 +1,5 @@
+import importlib
+
 import pytest
 import torch
 
@@ -155,6 +157,25 @@ def test_trained_sampler_bank_asks_the_teacher(sd1_pipe, monkeypatch):
     assert len(seen) == 2 and all(cached is None for *_, cached in seen)  # x_t moved with the adapter
 
 
+def test_lr_schedule_sets_each_steps_learning_rate(sd1_pipe, monkeypatch):
+    """Linear decay over 4 iterations steps with lr, 3/4 lr, 1/2 lr, 1/4 lr; constant keeps lr throughout."""
+    seen = {}
+    original_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.setdefault(schedule, []).append(self.param_groups[0]["lr"])
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    for schedule in ("constant", "linear", "cosine"):
+        adapter = esd_lora.erase(sd1_pipe, "red", iterations=4, ddim_steps=2, lr=1e-3, lr_schedule=schedule,
+                                 progress=False)
+        assert adapter.metadata.config.lr_schedule == schedule
+    assert seen["constant"] == pytest.approx([1e-3] * 4)
+    assert seen["linear"] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    assert seen["cosine"][0] == pytest.approx(1e-3) and seen["cosine"][2] == pytest.approx(5e-4)
+
+
 def test_nan_loss_stops_and_writes_nothing(sd1_pipe, tmp_path):
     out = tmp_path / "nan.safetensors"
     with pytest.raises(NonFiniteLossError, match="iteration 1"):
@@ -162,6 +183,33 @@ def test_nan_loss_stops_and_writes_nothing(sd1_pipe, tmp_path):
                        progress=False, out=out)
     assert list(tmp_path.iterdir()) == []
     assert not getattr(sd1_pipe.unet, "peft_config", None)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_erasing_a_folder_loads_no_vae_frees_the_text_encoders_and_trains_the_same(tiny_dirs, monkeypatch, family):
+    """erase(folder) keeps only what training needs; erase(pipeline) leaves the caller's pipeline whole."""
+    erase_module = importlib.import_module("esd_lora.erase")  # the module, not the function esd_lora.erase
+    seen = []
+    train = erase_module._train
+
+    def spy(pipe, *args, **kwargs):
+        loss = train(pipe, *args, **kwargs)
+        seen.append({name: getattr(pipe, name, None) is not None for name in ("vae", "text_encoder", "text_encoder_2")})
+        return loss
+
+    monkeypatch.setattr(erase_module, "_train", spy)
+    options = dict(iterations=2, ddim_steps=2, progress=False, device="cpu")
+    from_folder = esd_lora.erase(str(tiny_dirs[family]), "red", **options)
+    pipe = load_pipeline(tiny_dirs[family], device="cpu")
+    from_pipeline = esd_lora.erase(pipe, "red", **options)
+    two = family == "sdxl"
+    assert seen == [{"vae": False, "text_encoder": False, "text_encoder_2": False},
+                    {"vae": True, "text_encoder": True, "text_encoder_2": two}]
+    assert from_folder.state_dict.keys() == from_pipeline.state_dict.keys()
+    assert all(torch.equal(from_folder.state_dict[k], from_pipeline.state_dict[k]) for k in from_folder.state_dict)
+    if family == "sd1":  # adversarial erasure encodes soft prompts while training: its text encoder stays
+        esd_lora.erase(str(tiny_dirs[family]), "red", adversarial_every=1, adversarial_steps=1, **options)
+        assert seen[-1]["text_encoder"]
 
 
 def test_unknown_option_is_named(sd1_pipe):

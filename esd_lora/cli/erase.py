@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..attack import ADVERSARIAL_EVERY
-from ..config import METHODS, EraseConfig
+from ..config import LR_SCHEDULES, METHODS, SAMPLERS, EraseConfig
 from ..erase import erase, make_config
 from ..families import recommended_options
 from ._common import add_base, add_command, add_device, slug
@@ -46,7 +46,9 @@ def add_erase_options(p) -> None:
                    help=EraseConfig.help("preserve") + "; repeat for several")
     p.add_argument("--preserve-weight", type=float, default=None,
                    help=f"{EraseConfig.help('preserve_weight')} (default: {_default('preserve_weight')})")
-    p.add_argument("--sample-with", default=None, choices=("trained", "frozen"),
+    p.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES,
+                   help=f"{EraseConfig.help('lr_schedule')} (default: {_default('lr_schedule')})")
+    p.add_argument("--sample-with", default=None, choices=SAMPLERS,
                    help=f"{EraseConfig.help('sample_with')} (default: {_default('sample_with')})")
     p.add_argument("--adversarial", action="store_true",
                    help=f"adversarial erasure, as --adversarial-every {ADVERSARIAL_EVERY}: harder to undo with "
@@ -60,7 +62,7 @@ def add_erase_options(p) -> None:
 def erase_options(args) -> dict:
     """The training options set on the command line; the others come from the base's recommendations or defaults."""
     options = {name: getattr(args, name) for name in (
-        "method", "iterations", "lr", "rank", "alpha", "eta", "start_guidance", "ddim_steps", "bank_size",
+        "method", "iterations", "lr", "lr_schedule", "rank", "alpha", "eta", "start_guidance", "ddim_steps", "bank_size",
         "refresh_every", "refresh_batch", "seed", "erase_from", "preserve", "preserve_weight", "sample_with",
         "device", "dtype", "gradient_checkpointing", "compile", "adversarial_every", "adversarial_steps")}
     if args.adversarial and options["adversarial_every"] is None:
