@@ -268,6 +268,11 @@ def load_worker(task: dict) -> dict:
     from esd_lora.families import load_pipeline
 
     pipe = load_pipeline(task["folder"], device=task["device"], dtype=task["dtype"])
+    with torch.no_grad():  # on CPU the weights are mapped from the files: read them all, as a forward does
+        for module in pipe.components.values():
+            if isinstance(module, torch.nn.Module):
+                for tensor in (*module.parameters(), *module.buffers()):
+                    tensor.sum()
     return {"pipeline_mb": peak_mb(pipe.unet.device)}
 
 
