@@ -54,7 +54,7 @@ class EraseConfig:
     lr: float = _opt(2e-4, "Adam learning rate of the adapter")
     lr_schedule: str = _opt(
         "constant", "learning-rate schedule over the iterations: 'constant' (as in the paper), or 'linear' / "
-        "'cosine' decay to 0, which ends on a steadier erasure")
+        "'cosine' decay to 0 by the last iteration")
     rank: int = _opt(4, "LoRA rank")
     alpha: float | None = _opt(None, "LoRA alpha (scale = alpha / rank); default: equal to the rank")
     seed: int = _opt(0, "random seed of noise, stopping steps and concept draws")

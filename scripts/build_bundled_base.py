@@ -371,13 +371,14 @@ def parse_oversample(items: list[str]) -> dict[str, float]:
     for item in items:
         concept, sep, weight = item.partition("=")
         if not sep or concept not in world.all_concepts():
-            raise SystemExit(f"error: --oversample takes CONCEPT=WEIGHT with a concept of {world.all_concepts()}, got {item!r}")
+            raise SystemExit(f"error: --oversample takes CONCEPT=WEIGHT with a concept of "
+                             f"{', '.join(world.all_concepts())}, got {item!r}")
         try:
             out[concept] = float(weight)
         except ValueError:
             raise SystemExit(f"error: --oversample weight must be a number, got {item!r}") from None
-        if not out[concept] > 0:
-            raise SystemExit(f"error: --oversample weight must be positive, got {item!r}")
+        if not (math.isfinite(out[concept]) and out[concept] > 0):
+            raise SystemExit(f"error: --oversample weight must be a positive number, got {item!r}")
     return out
 
 
