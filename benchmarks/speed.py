@@ -27,6 +27,7 @@ bundled base's recommended settings plus one switch):
 * unbatched-teacher  the teacher's (and student's) prompts in separate forwards instead of one batch
 * checkpointing      gradient_checkpointing=True
 * low-memory         gradient_checkpointing=True and refresh_batch=2 (the bank sampled 2 trajectories at a time)
+* lowest-memory      gradient_checkpointing=True and refresh_batch=1
 * compile            compile=True (compile time counts)
 * bf16 / fp32        dtype of the frozen base (the bundled part runs fp32, as the base rates, unless a variant
                      says otherwise; the random part bf16 on CUDA, fp32 on CPU)
@@ -78,6 +79,7 @@ VARIANTS = {  # esd-lora variant -> erase options on top of the defaults
     "unbatched-teacher": {},  # the worker splits esd-lora's batched forwards instead
     "checkpointing": {"gradient_checkpointing": True},
     "low-memory": {"gradient_checkpointing": True, "refresh_batch": 2},
+    "lowest-memory": {"gradient_checkpointing": True, "refresh_batch": 1},
     "compile": {"compile": True},
     "bf16": {"dtype": "bf16"},
     "fp32": {"dtype": "fp32"},
@@ -572,7 +574,7 @@ def parse_args() -> argparse.Namespace:
     cuda = args.device.startswith("cuda")
     if args.variants is None:
         # the bundled part runs fp32, and its model is too small for the low-memory options to matter
-        args.variants = ["reference", *(v for v in VARIANTS if v not in ("fp32", "low-memory"))]
+        args.variants = ["reference", *(v for v in VARIANTS if v not in ("fp32", "low-memory", "lowest-memory"))]
         if args.quick:
             args.variants.remove("compile")
     if args.timing_variants is None:
