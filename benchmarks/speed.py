@@ -505,7 +505,7 @@ def random_part(args, device: str) -> list[dict]:
                     row.update(run_worker({"kind": "timing", "model": model, "variant": variant, "device": device,
                                            "dtype": dtype, "ddim_steps": steps, "iterations": iterations,
                                            "folder": folder}))
-                    row.setdefault("pipeline_mb", loaded["pipeline_mb"])
+                    row["pipeline_mb"] = loaded["pipeline_mb"]
                 rows.append(row)
                 print(_timing_line(row), flush=True)
     _timing_ratios(rows)

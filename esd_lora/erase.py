@@ -90,9 +90,9 @@ def erase(base, concepts: str | list[str], *, config: EraseConfig | None = None,
     config = make_config(base, concepts, config, **options)
     if out is not None:
         out = check_output(out, overwrite=overwrite)  # fail before training, not after
-    owned = not hasattr(base, "unet")  # loaded here: what training does not need is freed once the text is encoded
     pipe = as_pipeline(base, device=config.device, dtype=config.dtype)
-    base_id = _pipeline_id(pipe) if pipe is base else str(base)
+    owned = pipe is not base  # loaded here: what training does not need is freed once the text is encoded
+    base_id = str(base) if owned else _pipeline_id(pipe)
     family = family_of(pipe)
     unet = pipe.unet
     if getattr(unet, "_hf_peft_config_loaded", False) and unet.peft_config:

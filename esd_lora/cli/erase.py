@@ -63,8 +63,8 @@ def erase_options(args) -> dict:
     """The training options set on the command line; the others come from the base's recommendations or defaults."""
     options = {name: getattr(args, name) for name in (
         "method", "iterations", "lr", "lr_schedule", "rank", "alpha", "eta", "start_guidance", "ddim_steps",
-        "bank_size", "refresh_every", "refresh_batch", "seed", "erase_from", "preserve", "preserve_weight", "sample_with",
-        "device", "dtype", "gradient_checkpointing", "compile", "adversarial_every", "adversarial_steps")}
+        "bank_size", "refresh_every", "refresh_batch", "seed", "erase_from", "preserve", "preserve_weight",
+        "sample_with", "device", "dtype", "gradient_checkpointing", "compile", "adversarial_every", "adversarial_steps")}
     if args.adversarial and options["adversarial_every"] is None:
         options["adversarial_every"] = ADVERSARIAL_EVERY
     return {k: v for k, v in options.items() if v is not None and v != []}  # what the user set
