@@ -571,6 +571,8 @@ def parse_args() -> argparse.Namespace:
                              "SD 1.5 takes 4 GB in fp32, SDXL 14 GB)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.work_dir is not None and not Path(args.work_dir).is_dir():
+        parser.error(f"--work-dir {args.work_dir} is not a folder: create it or pass another")
     cuda = args.device.startswith("cuda")
     if args.variants is None:
         # the bundled part runs fp32, and its model is too small for the low-memory options to matter
