@@ -1,13 +1,15 @@
 """Erasure quality on the bundled base: efficacy, specificity and wall time, per concept and setting.
 
     python benchmarks/erase_quality.py [--concepts red star striped] [--settings default plain preserve cosine]
-                                       [--n 32] [--json results.json] [--base DIR]
+                                       [--seeds 0 1 2] [--n 32] [--json results.json] [--base DIR]
 
 For each concept and setting it trains an adapter on the bundled base, then evaluates every concept of the
 bundled world (training and held-out phrasings) with and without the adapter, from the same prompts and seeds.
-A run passes when the erased concept is at most 10% on both phrasing splits.
-Printed per run: the erased concept's rate (base -> adapted, train and held-out phrasings), the worst ratio
-adapted/base over the other concepts, and the training wall time. The bar of the project: erased <= 10%,
+A run passes when the erased concept is at most 10% on both phrasing splits and every other concept keeps at least
+90% of its base rate. Printed per run: the erased concept's rate (base -> adapted, train and held-out phrasings),
+the worst ratio adapted/base over the other concepts and over the others but dotted (the concept the bundled base
+draws worst), and the training wall time; with several ``--seeds`` (each seeds the erasure and the evaluation), the
+mean over seeds per concept and setting, since one seed cannot rank settings. The bar of the project: erased <= 10%,
 every other concept >= 90% of its base rate, in at most 3 minutes on 2 CPU cores.
 """
 
@@ -29,6 +31,7 @@ SETTINGS = {  # name -> erase options on top of the library defaults
     "default": {},
     "plain": {"preserve": []},
     "preserve": {"preserve": "others"},
+    "preserve16": {"preserve_weight": 16.0},
     "frozen-sampler": {"sample_with": "frozen"},
     "cosine": {"lr_schedule": "cosine"},
 }
@@ -51,11 +54,13 @@ def run(pipe, concept: str, setting: str, n: int, seed: int) -> dict:
         report = esd_lora.evaluate(pipe, adapters=[str(path)], n=n, seed=seed + 1)
     ratios = report.kept([concept])
     worst = min(ratios, key=ratios.get)
-    return {"concept": concept, "setting": setting, "seconds": seconds,
+    but_dotted = {c: r for c, r in ratios.items() if c != "dotted"}
+    return {"concept": concept, "setting": setting, "seed": seed, "seconds": seconds,
             "base": report.rate(concept, "base"),
             "erased_train": report.rate(concept, split="train"),
             "erased_held_out": report.rate(concept, split="held-out"),
             "worst_other": worst, "worst_other_ratio": ratios[worst],
+            "dotted_ratio": ratios.get("dotted"), "worst_but_dotted_ratio": min(but_dotted.values(), default=None),
             "passes": max(report.rate(concept, split=s) for s in ("train", "held-out")) <= 0.10
             and ratios[worst] >= 0.90 and seconds <= 180,
             "rows": report.to_dict()["rows"]}
@@ -66,23 +71,53 @@ def main() -> None:
     parser.add_argument("--concepts", nargs="+", default=["red", "star", "striped"])
     parser.add_argument("--settings", nargs="+", default=["default"], choices=list(SETTINGS))
     parser.add_argument("--n", type=int, default=32, help="images per concept and phrasing split")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="seeds of the erasure (the evaluation uses seed + 1); several give a mean per setting")
     parser.add_argument("--json", default=None)
     parser.add_argument("--base", default="bundled", help="a copy of the bundled base (e.g. a rebuild) to measure")
     args = parser.parse_args()
     pipe = load_pipeline(args.base, device="cpu")
-    print(f"{'concept':<9} {'setting':<15} {'base':>5} {'train':>6} {'held-out':>8} {'worst other':>19} "
-          f"{'seconds':>7}  bar")
+    print(f"{'concept':<9} {'setting':<15} {'seed':>4} {'base':>5} {'train':>6} {'held-out':>8} {'worst other':>19} "
+          f"{'dotted':>7} {'but dotted':>10} {'seconds':>7}  bar")
     results = []
     for concept in args.concepts:
         for setting in args.settings:
-            r = run(pipe, concept, setting, args.n, args.seed)
-            results.append(r)
-            print(f"{concept:<9} {setting:<15} {r['base']:>5.0%} {r['erased_train']:>6.0%} "
-                  f"{r['erased_held_out']:>8.0%} {r['worst_other']:>9} {r['worst_other_ratio']:>8.0%} "
-                  f"{r['seconds']:>7.0f}  {'pass' if r['passes'] else 'FAIL'}", flush=True)
+            for seed in args.seeds:
+                r = run(pipe, concept, setting, args.n, seed)
+                results.append(r)
+                print(f"{concept:<9} {setting:<15} {seed:>4} {r['base']:>5.0%} {r['erased_train']:>6.0%} "
+                      f"{r['erased_held_out']:>8.0%} {r['worst_other']:>9} {r['worst_other_ratio']:>8.0%} "
+                      f"{_pct(r['dotted_ratio']):>7} {_pct(r['worst_but_dotted_ratio']):>10} {r['seconds']:>7.0f}  "
+                      f"{'pass' if r['passes'] else 'FAIL'}", flush=True)
+    if len(args.seeds) > 1:
+        print(f"\nmean over seeds {' '.join(map(str, args.seeds))}")
+        print("\n".join(summary(results)), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def summary(results: list[dict]) -> list[str]:
+    """One line per concept and setting (in the order of ``results``): its runs' means over the seeds."""
+    lines = []
+    for concept, setting in dict.fromkeys((r["concept"], r["setting"]) for r in results):
+        runs = [r for r in results if r["concept"] == concept and r["setting"] == setting]
+        mean = {k: _mean([r[k] for r in runs]) for k in ("erased_train", "erased_held_out", "worst_other_ratio",
+                                                           "dotted_ratio", "worst_but_dotted_ratio", "seconds")}
+        lines.append(f"{concept:<9} {setting:<15} erased {_pct(mean['erased_train'])} / "
+                     f"{_pct(mean['erased_held_out'])}, worst other {_pct(mean['worst_other_ratio'])}, dotted "
+                     f"{_pct(mean['dotted_ratio'])}, worst but dotted {_pct(mean['worst_but_dotted_ratio'])}, "
+                     f"{mean['seconds']:.0f} s, {sum(r['passes'] for r in runs)} of {len(runs)} pass")
+    return lines
+
+
+def _mean(values: list) -> float | None:
+    """The mean of the values that are not None (a ratio that does not apply to the erased concept is None)."""
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _pct(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.0%}"
 
 
 if __name__ == "__main__":

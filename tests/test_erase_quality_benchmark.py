@@ -1,0 +1,71 @@
+"""What benchmarks/erase_quality.py makes of an evaluation, on canned reports (the benchmark is not in the suite)."""
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from esd_lora.evaluate import ConceptScore, Report
+
+PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "erase_quality.py"
+
+
+@pytest.fixture
+def quality():
+    spec = importlib.util.spec_from_file_location("erase_quality_benchmark", PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def report(adapted: dict[str, float], base: dict[str, float]) -> Report:
+    rows = [ConceptScore(c, "any", split, base[c], adapted[c], 32) for c in base for split in ("train", "held-out")]
+    return Report(rows=rows, settings={})
+
+
+BASE = {"red": 1.0, "blue": 1.0, "star": 0.8, "dotted": 0.8}
+
+
+def canned_run(monkeypatch, quality, adapted: dict[str, float], seconds: float = 60.0):
+    """Run one benchmark entry with erase() and evaluate() answering at once; return its result and the options
+    erase() was given."""
+    given = {}
+    clock = iter([0.0, seconds])
+    monkeypatch.setattr(quality, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    monkeypatch.setattr(quality.esd_lora, "erase", lambda pipe, concept, **options: given.update(options))
+    monkeypatch.setattr(quality.esd_lora, "evaluate", lambda pipe, **kwargs: report(adapted, BASE))
+    return given
+
+
+def test_a_run_reports_dotted_apart_and_passes_only_at_the_bar(monkeypatch, quality):
+    canned_run(monkeypatch, quality, {"red": 0.05, "blue": 0.95, "star": 0.76, "dotted": 0.4})
+    result = quality.run(None, "red", "default", 32, seed=1)
+    assert result["worst_other"] == "dotted" and result["dotted_ratio"] == pytest.approx(0.5)
+    assert result["worst_but_dotted_ratio"] == pytest.approx(0.95)  # star: 0.76 of 0.8
+    assert not result["passes"]  # dotted at half its base rate
+
+    canned_run(monkeypatch, quality, {"red": 0.05, "blue": 0.95, "star": 0.76, "dotted": 0.8})
+    assert quality.run(None, "red", "default", 32, seed=1)["passes"]
+
+    canned_run(monkeypatch, quality, {"red": 0.05, "blue": 0.95, "star": 0.76, "dotted": 0.8}, seconds=181.0)
+    assert not quality.run(None, "red", "default", 32, seed=1)["passes"]  # over 3 minutes
+
+
+def test_the_preserve16_setting_raises_only_the_preservation_weight(monkeypatch, quality):
+    given = canned_run(monkeypatch, quality, {"red": 0.0, "blue": 1.0, "star": 0.8, "dotted": 0.8})
+    quality.run(None, "red", "preserve16", 32, seed=2)
+    assert given == {"out": given["out"], "progress": False, "seed": 2, "preserve_weight": 16.0}
+
+
+def test_the_summary_is_the_mean_over_seeds_and_leaves_out_what_does_not_apply(quality):
+    runs = [{"concept": "red", "setting": "default", "erased_train": et, "erased_held_out": eh,
+             "worst_other_ratio": w, "dotted_ratio": d, "worst_but_dotted_ratio": b, "seconds": s, "passes": p}
+            for et, eh, w, d, b, s, p in [(0.0, 0.1, 0.5, 0.5, 0.9, 60, False), (0.1, 0.2, 0.7, 0.7, 1.0, 80, True)]]
+    dotted = {**runs[0], "concept": "dotted", "dotted_ratio": None}  # erasing dotted: no "dotted kept"
+    assert quality.summary(runs + [dotted]) == [
+        "red       default         erased 5% / 15%, worst other 60%, dotted 60%, worst but dotted 95%, 70 s, "
+        "1 of 2 pass",
+        "dotted    default         erased 0% / 10%, worst other 50%, dotted -, worst but dotted 90%, 60 s, "
+        "0 of 1 pass",
+    ]
