@@ -37,3 +37,18 @@ def sd1_adapter(tiny_dirs, tmp_path_factory):
     esd_lora.erase(tiny_dirs["sd1"], "red", iterations=4, ddim_steps=4, lr=5e-2, rank=4, alpha=2.0,
                    progress=False, out=out, device="cpu")
     return out
+
+
+@pytest.fixture
+def load_benchmark():
+    """Load a script of benchmarks/ (they are scripts, not a package) as a fresh module: load_benchmark("speed")."""
+    import importlib.util
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -1,22 +1,15 @@
 """What benchmarks/erase_quality.py makes of an evaluation, on canned reports (the benchmark is not in the suite)."""
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from esd_lora.evaluate import ConceptScore, Report
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "erase_quality.py"
-
 
 @pytest.fixture
-def quality():
-    spec = importlib.util.spec_from_file_location("erase_quality_benchmark", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def quality(load_benchmark):
+    return load_benchmark("erase_quality")
 
 
 def report(adapted: dict[str, float], base: dict[str, float]) -> Report:

@@ -1,6 +1,5 @@
 """benchmarks/memory_phases.py: every phase of an erasure is seen and measured (on a tiny pipeline; Linux only)."""
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +11,8 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/statm").is_file(), reason="
 
 
 @pytest.fixture
-def phases():
-    spec = importlib.util.spec_from_file_location("memory_phases_benchmark", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def phases(load_benchmark):
+    return load_benchmark("memory_phases")
 
 
 @pytest.mark.parametrize("bank_size, drawn", [(4, "refresh"), (0, "sample")])

@@ -1,19 +1,12 @@
 """The erasure bar of benchmarks/speed.py, on canned rates (the benchmark itself is not part of the suite)."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
-
 
 @pytest.fixture
-def speed(monkeypatch):
-    spec = importlib.util.spec_from_file_location("speed_benchmark", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def speed(load_benchmark):
+    return load_benchmark("speed")
 
 
 def canned(monkeypatch, speed, now: dict[str, float]) -> list[list[str]]:
