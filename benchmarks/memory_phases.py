@@ -19,6 +19,7 @@ import argparse
 import importlib
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -124,11 +125,15 @@ def save_random(model: str, work_dir: Path) -> Path:
     from random_models import build
 
     folder = work_dir / model
-    if not (folder / "model_index.json").is_file():
-        torch.manual_seed(0)
-        tmp = work_dir / f".{model}.partial"
-        build(model).save_pretrained(tmp, safe_serialization=True)
-        tmp.rename(folder)
+    if (folder / "model_index.json").is_file():
+        return folder
+    if folder.exists():
+        sys.exit(f"error: {folder} exists and is not a saved pipeline: move it away or pass another --work-dir")
+    torch.manual_seed(0)
+    tmp = work_dir / f".{model}.partial"  # renamed once whole: an interrupted save is never taken for a pipeline
+    shutil.rmtree(tmp, ignore_errors=True)
+    build(model).save_pretrained(tmp, safe_serialization=True)
+    tmp.rename(folder)
     return folder
 
 

@@ -48,3 +48,13 @@ def test_bad_arguments_are_one_line_errors(args, message):
     result = subprocess.run([sys.executable, str(PATH), *args], capture_output=True, text=True)
     assert result.returncode == 2
     assert message in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_work_dir_holding_something_else_under_the_models_name_is_refused(tmp_path):
+    (tmp_path / "sd15").mkdir()
+    result = subprocess.run([sys.executable, str(PATH), "--random", "sd15", "--work-dir", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (f"error: {tmp_path / 'sd15'} exists and is not a saved pipeline: "
+                                                      "move it away or pass another --work-dir")
+    assert not (tmp_path / ".sd15.partial").exists()
