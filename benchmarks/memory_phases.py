@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import esd_lora  # noqa: E402
+from esd_lora.errors import EsdLoraError  # noqa: E402
 
 _PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20 if hasattr(os, "sysconf") else 0.0
 
@@ -168,8 +169,11 @@ def main() -> None:
     options.update({k: v for k, v in (("refresh_batch", args.refresh_batch), ("bank_size", args.bank_size))
                     if v is not None})
     trace = PhaseTrace()
-    with trace.running():
-        traced_erase(folder, options, trace)
+    try:
+        with trace.running():
+            traced_erase(folder, options, trace)
+    except EsdLoraError as exc:  # a bad option or folder: erase's own one-line message
+        sys.exit(f"error: {exc}")
     summary = trace.summary()
     print(f"{'phase':<9} {'peak MB':>8} {'rise MB':>8} {'runs':>5}")
     for phase, row in sorted(summary.items(), key=lambda kv: kv[1]["peak_mb"]):

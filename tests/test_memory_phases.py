@@ -58,3 +58,12 @@ def test_a_work_dir_holding_something_else_under_the_models_name_is_refused(tmp_
     assert result.stderr.strip().splitlines()[-1] == (f"error: {tmp_path / 'sd15'} exists and is not a saved pipeline: "
                                                       "move it away or pass another --work-dir")
     assert not (tmp_path / ".sd15.partial").exists()
+
+
+def test_a_bad_erase_option_or_folder_is_the_one_line_error_of_erase(tmp_path):
+    for args, message in [([str(tmp_path), "--iterations", "0"], "iterations"),
+                          ([str(tmp_path / "none")], "does not exist")]:
+        result = subprocess.run([sys.executable, str(PATH), *args], capture_output=True, text=True)
+        assert result.returncode == 1
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and message in last
