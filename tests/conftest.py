@@ -39,14 +39,15 @@ def sd1_adapter(tiny_dirs, tmp_path_factory):
     return out
 
 
-@pytest.fixture
-def load_benchmark():
-    """Load a script of benchmarks/ (they are scripts, not a package) as a fresh module: load_benchmark("speed")."""
+@pytest.fixture(scope="session")
+def load_script():
+    """Load a script of the repository (benchmarks/ and scripts/ are not packages) as a fresh module:
+    load_script("benchmarks/speed.py")."""
     import importlib.util
 
-    def load(name: str):
-        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
+    def load(relative_path: str):
+        path = Path(__file__).resolve().parents[1] / relative_path
+        spec = importlib.util.spec_from_file_location(f"{path.stem}_script", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module

@@ -1,20 +1,12 @@
 """The bundled base's build script: oversampling of chosen concepts (its helpers; a build takes an hour)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "build_bundled_base.py"
-
 
 @pytest.fixture(scope="module")
-def build():
-    spec = importlib.util.spec_from_file_location("build_bundled_base", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def build(load_script):
+    return load_script("scripts/build_bundled_base.py")
 
 
 def test_oversampled_images_are_drawn_in_proportion_to_their_weights(build):

@@ -8,8 +8,8 @@ from esd_lora.evaluate import ConceptScore, Report
 
 
 @pytest.fixture
-def quality(load_benchmark):
-    return load_benchmark("erase_quality")
+def quality(load_script):
+    return load_script("benchmarks/erase_quality.py")
 
 
 def report(adapted: dict[str, float], base: dict[str, float]) -> Report:

@@ -11,8 +11,8 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/statm").is_file(), reason="
 
 
 @pytest.fixture
-def phases(load_benchmark):
-    return load_benchmark("memory_phases")
+def phases(load_script):
+    return load_script("benchmarks/memory_phases.py")
 
 
 @pytest.mark.parametrize("bank_size, drawn", [(4, "refresh"), (0, "sample")])

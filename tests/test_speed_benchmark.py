@@ -5,8 +5,8 @@ import pytest
 
 
 @pytest.fixture
-def speed(load_benchmark):
-    return load_benchmark("speed")
+def speed(load_script):
+    return load_script("benchmarks/speed.py")
 
 
 def canned(monkeypatch, speed, now: dict[str, float]) -> list[list[str]]:
