@@ -10,7 +10,9 @@ encoding the prompts), ``refresh`` (sampling the bank of trajectories), ``sample
 ``backward``, ``adam`` (the optimizer step), and ``between`` for the rest. It prints every phase's peak and how far
 it rose above the memory it started from, then the first iterations phase by phase. ``--random sd15|sdxl`` first
 saves a random-weight pipeline of that architecture (``benchmarks/random_models.py``) into ``--work-dir``, or uses
-the one saved there by an earlier run. On CUDA, ``benchmarks/speed.py`` reports ``torch.cuda.max_memory_allocated``.
+the one saved there by an earlier run. ``MALLOC_MMAP_THRESHOLD_=131072`` in the environment (glibc) hands large
+freed blocks back to the system at once; the summary's first line says whether it was set. On CUDA,
+``benchmarks/speed.py`` reports ``torch.cuda.max_memory_allocated``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import esd_lora  # noqa: E402
 from esd_lora.errors import EsdLoraError  # noqa: E402
+from speed import allocator_setting  # noqa: E402
 
 _PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20 if hasattr(os, "sysconf") else 0.0
 
@@ -175,6 +178,7 @@ def main() -> None:
     except EsdLoraError as exc:  # a bad option or folder: erase's own one-line message
         sys.exit(f"error: {exc}")
     summary = trace.summary()
+    print(f"{allocator_setting()}, {torch.get_num_threads()} torch threads")
     print(f"{'phase':<9} {'peak MB':>8} {'rise MB':>8} {'runs':>5}")
     for phase, row in sorted(summary.items(), key=lambda kv: kv[1]["peak_mb"]):
         print(f"{phase:<9} {row['peak_mb']:8.0f} {row['rise_mb']:8.0f} {row['runs']:5d}")

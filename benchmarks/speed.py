@@ -50,7 +50,9 @@ full-weight loop overshoots. The default sweep 1e-3, 2e-3, 3e-3 over 600 iterati
 passes; if none passes, esd-lora's ratio is a lower bound against the longest reference run.
 
 Every measurement runs in its own subprocess (this script with --worker), so each peak memory is its own: the
-process's maximum resident set (ru_maxrss) on CPU, torch.cuda.max_memory_allocated on CUDA.
+process's maximum resident set (ru_maxrss) on CPU, torch.cuda.max_memory_allocated on CUDA. The workers inherit the
+environment: ``MALLOC_MMAP_THRESHOLD_=131072 python benchmarks/speed.py ...`` has glibc hand large freed blocks
+back at once in every loop alike (the machine line says which allocator setting a run had).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -366,7 +369,13 @@ def machine(device: str) -> str:
     if cpuinfo.is_file():
         name = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
                      if line.startswith("model name")), name)
-    return f"{name}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    return f"{name}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, {allocator_setting()}"
+
+
+def allocator_setting() -> str:
+    """The glibc allocator setting that decides how much freed memory a CPU process keeps resident."""
+    threshold = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    return f"MALLOC_MMAP_THRESHOLD_={threshold}" if threshold else "default malloc settings"
 
 
 def free_mb(device: str) -> float:

@@ -67,3 +67,15 @@ def test_a_bad_erase_option_or_folder_is_the_one_line_error_of_erase(tmp_path):
         assert result.returncode == 1
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and message in last
+
+
+def test_the_summary_says_which_allocator_setting_the_run_had(tiny_dirs):
+    import os
+
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    result = subprocess.run([sys.executable, str(PATH), str(tiny_dirs["sd1"]), "--iterations", "1", "--ddim-steps", "2",
+                             "--show", "0"], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("MALLOC_MMAP_THRESHOLD_=131072, ")
+    assert lines[1].split() == ["phase", "peak", "MB", "rise", "MB", "runs"]

@@ -59,3 +59,10 @@ def test_erasure_is_confirmed_at_the_larger_n(monkeypatch, speed, at_32, confirm
     assert speed.erasure_confirmed(None, TASK) == confirmed
     assert asked == [32]
     assert speed.erasure_confirmed(None, dict(TASK, confirm_n=8)) and asked == [32]  # nothing larger to ask
+
+
+def test_the_machine_line_says_which_allocator_setting_the_workers_inherit(monkeypatch, speed):
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    assert speed.machine("cpu").endswith(", default malloc settings")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    assert speed.machine("cpu").endswith(", MALLOC_MMAP_THRESHOLD_=131072")
