@@ -1,5 +1,6 @@
 """benchmarks/memory_phases.py: every phase of an erasure is seen and measured (on a tiny pipeline; Linux only)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,8 +71,6 @@ def test_a_bad_erase_option_or_folder_is_the_one_line_error_of_erase(tmp_path):
 
 
 def test_the_summary_says_which_allocator_setting_the_run_had(tiny_dirs):
-    import os
-
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     result = subprocess.run([sys.executable, str(PATH), str(tiny_dirs["sd1"]), "--iterations", "1", "--ddim-steps", "2",
                              "--show", "0"], capture_output=True, text=True, env=env)

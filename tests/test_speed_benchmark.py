@@ -1,6 +1,5 @@
 """The erasure bar of benchmarks/speed.py, on canned rates (the benchmark itself is not part of the suite)."""
 
-
 import pytest
 
 
