@@ -11,11 +11,18 @@ the worst ratio adapted/base over the other concepts and over the others but dot
 draws worst), and the training wall time; with several ``--seeds`` (each seeds the erasure and the evaluation), the
 mean over seeds per concept and setting, since one seed cannot rank settings. The bar of the project: erased <= 10%,
 every other concept >= 90% of its base rate, in at most 3 minutes on 2 CPU cores.
+
+Settings beyond the defaults: ``plain`` (no preservation term), ``preserve`` (every other concept's name
+preserved), ``preserve16`` (preservation weight 16), ``frozen-sampler``, ``cosine`` (learning-rate decay),
+``contexts`` (the concept also erased inside every scene of the world, toward the scene without it: erasing red,
+"striped red circle" toward "striped circle") and ``contexts+scenes`` (that, with every scene without the
+concept preserved instead of the other concepts' names).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -34,6 +41,8 @@ SETTINGS = {  # name -> erase options on top of the library defaults
     "preserve16": {"preserve_weight": 16.0},
     "frozen-sampler": {"sample_with": "frozen"},
     "cosine": {"lr_schedule": "cosine"},
+    "contexts": {"contexts": "world"},
+    "contexts+scenes": {"contexts": "world", "preserve": "scenes"},
 }
 
 
@@ -41,7 +50,21 @@ def options_for(setting: str, concept: str) -> dict:
     options = dict(SETTINGS[setting])
     if options.get("preserve") == "others":  # every other concept of the world, in a plain phrasing
         options["preserve"] = [c for c in world.all_concepts() if c != concept]
+    if options.get("preserve") == "scenes":  # every scene without the concept ("striped green circle", ...)
+        options["preserve"] = [phrase for phrase, values in scenes(concept) if concept not in values]
+    if options.get("contexts") == "world":  # the concept in every scene ("striped {} circle" erasing a colour)
+        options["contexts"] = [phrase for phrase, values in scenes(concept, slot=True) if "{}" in values]
     return options
+
+
+def scenes(concept: str, slot: bool = False) -> list[tuple[str, tuple[str, str, str]]]:
+    """Every (shape, colour, pattern) of the world as a noun phrase, with its values; with ``slot``, ``{}`` in
+    place of ``concept``."""
+    out = []
+    for values in itertools.product(*(world.CONCEPTS[d] for d in ("shape", "colour", "pattern"))):
+        values = tuple("{}" if slot and v == concept else v for v in values)
+        out.append((world.noun_phrase(*values), values))
+    return out
 
 
 def run(pipe, concept: str, setting: str, n: int, seed: int) -> dict:

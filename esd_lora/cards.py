@@ -152,6 +152,7 @@ def adapter_card(adapter, *, repo_id: str, sha256: str, license: str, report: di
                   "base_fingerprint": meta.base_fingerprint, "family": meta.family, "sha256": sha256})
     settings = [("concepts", ", ".join(config.concepts)), ("method", config.method),
                 ("erase from", config.erase_from or "- (unconditional)"),
+                ("contexts", ", ".join(config.contexts) or "-"),
                 ("preserved", ", ".join(config.preserve) or "-"), ("iterations", config.iterations),
                 ("learning rate", f"{config.lr:g}"), ("rank / alpha", f"{config.rank} / {config.alpha:g}"),
                 ("eta (negative guidance)", f"{config.eta:g}"), ("start guidance", f"{config.start_guidance:g}"),

@@ -43,6 +43,9 @@ class EraseConfig:
     erase_from: str | None = _opt(
         None, "erase the concept only from this prompt (e.g. 'glasses' from 'a scientist'): its frozen "
         "prediction replaces the unconditional one")
+    contexts: list[str] = field(default_factory=list, metadata={"help": (
+        "context prompts with {} where the concept goes (e.g. 'a {} on a table'): the concept is also erased "
+        "inside each, toward the frozen prediction of the context without it, so the words around it are kept")})
     preserve: list[str] = field(default_factory=list, metadata={"help": (
         "anchor prompts whose frozen predictions the adapter must keep (e.g. neighbouring concepts); one is "
         "drawn per step")})
@@ -97,6 +100,9 @@ class EraseConfig:
         self.preserve = [_clean_concept(p, what="preserve prompt") for p in self.preserve]
         if self.erase_from is not None:
             self.erase_from = _clean_concept(self.erase_from, what="erase_from prompt")
+        if isinstance(self.contexts, str):
+            self.contexts = [self.contexts]
+        self.contexts = [_clean_context(c) for c in self.contexts]
         if self.sample_with not in SAMPLERS:
             raise ConfigError(f"sample_with must be one of {', '.join(SAMPLERS)}, got {self.sample_with!r}")
         for name in ("gradient_checkpointing", "compile"):
@@ -123,6 +129,17 @@ class EraseConfig:
             raise ConfigError("lr and alpha must be greater than 0")
         if self.preserve_weight < 0:
             raise ConfigError(f"preserve_weight must be 0 or more, got {self.preserve_weight}")
+        if self.contexts and self.adversarial_every:
+            raise ConfigError("contexts and adversarial erasure cannot be combined yet: drop one of them")
+
+    def targets(self) -> list[tuple[str, str | None]]:
+        """Every prompt the adapter erases, with the prompt whose frozen prediction it is erased toward (None:
+        the unconditional one): each concept toward ``erase_from``, then each concept inside each context
+        toward the context without it ('a {} on a table' erases 'a red on a table' toward 'a on a table')."""
+        pairs = [(c, self.erase_from) for c in self.concepts]
+        for context in self.contexts:
+            pairs += [(_fill(context, c), _fill(context, "")) for c in self.concepts]
+        return pairs
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -148,6 +165,19 @@ def positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def _clean_context(text: Any) -> str:
+    text = _clean_concept(text, what="context")
+    if text.count("{}") != 1:
+        raise ConfigError(f"context {text!r} must hold {{}} once, where the concept goes, e.g. 'a {{}} on a table'")
+    if not _fill(text, ""):
+        raise ConfigError(f"context {text!r} has no words around the concept: give some, e.g. 'a {{}} on a table'")
+    return text
+
+
+def _fill(context: str, concept: str) -> str:
+    return " ".join(context.replace("{}", concept).split())
 
 
 def _clean_concept(text: Any, *, what: str = "concept") -> str:

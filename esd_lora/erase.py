@@ -3,12 +3,13 @@
 One UNet lives in memory. With the adapter switched on it is the model being trained; with the adapter
 switched off it is the frozen teacher, bit for bit the base model. Each step:
 
-1. draw a concept and a stopping step ``k`` of the DDIM schedule;
+1. draw a concept (or, with ``contexts``, a concept inside one of them) and a stopping step ``k`` of the DDIM
+   schedule;
 2. take ``x_t`` after ``k`` steps of sampling from pure noise with classifier-free guidance (by the trained
    model, as in the paper, or by the frozen one): from a bank of whole trajectories re-sampled every
    ``refresh_every`` steps (default), or from a fresh trajectory every step (``bank_size=0``, the paper);
-3. ask the frozen model for ``e0`` (unconditional, or the ``erase_from`` prompt) and ``ep`` (the concept) in
-   one batched forward, and the trained model for ``en`` (the concept);
+3. ask the frozen model for ``e0`` (unconditional, or the ``erase_from`` prompt, or the context without the
+   concept) and ``ep`` (the drawn prompt) in one batched forward, and the trained model for ``en`` (the concept);
 4. step Adam on ``MSE(en, e0 - eta * (ep - e0))``, plus, with ``preserve`` prompts, ``preserve_weight`` times
    the MSE between the trained and the frozen prediction for one of them at the same ``x_t``.
 """
@@ -133,12 +134,14 @@ def _train(pipe, family, config: EraseConfig, *, progress: bool, callback, relea
     sampler = DDIMScheduler.from_config(pipe.scheduler.config)
     sampler.set_timesteps(config.ddim_steps, device=device)
 
-    # Text is frozen: encode every prompt once: "", the concepts, the preserved prompts, then erase_from.
-    n, m = len(config.concepts), len(config.preserve)
-    texts = family.encode(["", *config.concepts, *config.preserve] + ([config.erase_from] if config.erase_from
-                                                                       else []))
+    # Text is frozen: encode every prompt once: "", the erased prompts (the concepts, then the concepts in their
+    # contexts), the preserved prompts, then the prompts they are erased toward (erase_from, the contexts alone).
+    targets = config.targets()
+    toward = list(dict.fromkeys(a for _, a in targets if a is not None))
+    n, m = len(targets), len(config.preserve)
+    texts = family.encode(["", *(prompt for prompt, _ in targets), *config.preserve, *toward])
     uncond = texts[0]
-    anchor = texts[1 + n + m] if config.erase_from else uncond
+    e0_of = [uncond if a is None else texts[1 + n + m + toward.index(a)] for _, a in targets]
     if release and not config.adversarial_every:  # adversarial prompts are encoded while training
         _release_unused(pipe)
     concepts = [texts[1 + i] for i in range(n)]
@@ -161,7 +164,7 @@ def _train(pipe, family, config: EraseConfig, *, progress: bool, callback, relea
         student_texts = [concepts[i]] + ([preserved[int(torch.randint(m, (1,), generator=generator))]] if m else [])
         with torch.no_grad(), frozen(unet):  # e0, ep (and the preserved prompt's prediction) in one forward
             if cached is None:
-                e0, ep, *kept = _predict(unet, x, t, [anchor, *student_texts])
+                e0, ep, *kept = _predict(unet, x, t, [e0_of[i], *student_texts])
             else:  # the bank already holds the frozen model's e0 and ep at this x_t
                 (e0, ep), kept = cached, list(_predict(unet, x, t, student_texts[1:])) if m else []
         student = _predict(unet, x, t, student_texts)
@@ -221,13 +224,14 @@ class TrajectoryBank(Resampler):
     """x_t from a bank of ``bank_size`` whole trajectories, sampled together and re-sampled every
     ``refresh_every`` steps; each step draws one trajectory and one stopping step from the bank.
 
-    Sampled by the frozen model without ``erase_from``, the guidance passes along a trajectory already are the
-    teacher's ``e0`` (unconditional) and ``ep`` (the concept) at every ``x_t``: they are kept and reused.
+    Sampled by the frozen model without ``erase_from`` or contexts, the guidance passes along a trajectory already
+    are the teacher's ``e0`` (unconditional) and ``ep`` (the concept) at every ``x_t``: they are kept and reused.
     """
 
     def __init__(self, *args) -> None:
         super().__init__(*args)
-        self.keeps_teacher = self.config.sample_with == "frozen" and not self.config.erase_from
+        self.keeps_teacher = (self.config.sample_with == "frozen" and not self.config.erase_from
+                              and not self.config.contexts)
         self.xs: list[torch.Tensor] = []
         self.predictions: list[tuple[torch.Tensor, torch.Tensor]] = []
 

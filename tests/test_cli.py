@@ -20,7 +20,7 @@ def esd_lora(*args, cwd=None):
 def test_erase_info_generate_end_to_end(tiny_dirs, tmp_path, family):
     adapter = tmp_path / f"{family}.safetensors"
     result = esd_lora("erase", "red", "blue", "--base", tiny_dirs[family], "--iterations", 2, "--ddim-steps", 3,
-                      "--lr", "0.05", "--out", adapter)
+                      "--lr", "0.05", "--context", "a {} shape", "--out", adapter)
     assert result.returncode == 0, result.stderr
     assert f"wrote {adapter}" in result.stdout and adapter.is_file()
     assert "erasing" in result.stderr  # the tqdm progress bar
@@ -29,6 +29,7 @@ def test_erase_info_generate_end_to_end(tiny_dirs, tmp_path, family):
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["config"]["concepts"] == ["red", "blue"] and info["config"]["iterations"] == 2
+    assert info["config"]["contexts"] == ["a {} shape"]
     assert info["family"] == ("sdxl" if family == "sdxl" else "sd1")
 
     grid = tmp_path / "grid.png"
@@ -100,6 +101,7 @@ def not_esd(tmp_path):
     (["erase", "red", "--base", "{sd1}", "--out", "{existing}"], "already exists"),
     (["erase", "red", "--base", "{sd1}", "--out", "{tmp}/no/dir/a.safetensors"], "does not exist; create it"),
     (["erase", "red", "--base", "{sd1}", "--iterations", "0"], "iterations must be a positive integer"),
+    (["erase", "red", "--base", "{sd1}", "--context", "a car"], "must hold {} once, where the concept goes"),
     (["erase", "red", "--base", "{sd1}", "--eta", "1e38", "--start-guidance", "1e38", "--iterations", "2",
       "--ddim-steps", "2", "--out", "{tmp}/nan.safetensors"], "loss became"),
     (["info", "{tmp}/missing.safetensors"], "does not exist"),

@@ -35,10 +35,24 @@ def test_defaults_and_normalisation():
     ({"concepts": ["x"], "refresh_every": 0}, ConfigError, "refresh_every"),
     ({"concepts": ["x"], "gradient_checkpointing": "yes"}, ConfigError, "gradient_checkpointing must be true or"),
     ({"concepts": ["x"], "compile": 1}, ConfigError, "compile must be true or false"),
+    ({"concepts": ["x"], "contexts": ["a car"]}, ConfigError, "must hold {} once, where the concept goes"),
+    ({"concepts": ["x"], "contexts": ["{} and {}"]}, ConfigError, "must hold {} once"),
+    ({"concepts": ["x"], "contexts": [" {} "]}, ConfigError, "no words around the concept"),
+    ({"concepts": ["x"], "contexts": [" "]}, EmptyConceptError, "empty context"),
+    ({"concepts": ["x"], "contexts": ["a {}"], "adversarial_every": 5}, ConfigError, "cannot be combined"),
 ])
 def test_bad_values_are_refused(kwargs, error, match):
     with pytest.raises(error, match=match):
         EraseConfig(**kwargs)
+
+
+def test_contexts_add_each_concept_inside_each_context_erased_toward_the_context_alone():
+    cfg = EraseConfig(concepts=["red", "blue"], contexts=["a  {} star", "{}, striped"], erase_from="a shape")
+    assert cfg.contexts == ["a {} star", "{}, striped"]
+    assert cfg.targets() == [("red", "a shape"), ("blue", "a shape"), ("a red star", "a star"),
+                             ("a blue star", "a star"), ("red, striped", ", striped"),
+                             ("blue, striped", ", striped")]
+    assert EraseConfig(concepts="red").targets() == [("red", None)]
 
 
 def test_round_trip_and_unknown_keys_warn():

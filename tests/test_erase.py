@@ -86,12 +86,31 @@ def test_seeded_training_is_reproducible(sd1_pipe):
     {"method": "esd-x-strict", "eta": 2.0, "start_guidance": 1.0},
     {"preserve": ["blue", "a star"], "preserve_weight": 2.0},
     {"preserve": ["blue"], "erase_from": "a shape"},
+    {"contexts": ["a {} star"], "sample_with": "frozen"},
 ])
 def test_options_train(sd1_pipe, options):
     adapter = esd_lora.erase(sd1_pipe, ["red", "green"], iterations=2, ddim_steps=3, progress=False, **options)
     for key, value in options.items():
         assert getattr(adapter.metadata.config, key) == value
     assert adapter.metadata.final_loss >= 0
+
+
+def test_contexts_erase_each_concept_toward_its_context_without_it(sd1_pipe, monkeypatch):
+    """The teacher's e0 is the unconditional prediction for the bare concept, the context's for the concept in it."""
+    erase_module = importlib.import_module("esd_lora.erase")
+    hidden = {p: family_of(sd1_pipe).encode([p]).hidden for p in ("", "red", "a red star", "a star")}
+    teacher_calls, original = [], erase_module._predict
+
+    def spy(unet, x, t, texts):
+        if len(texts) == 2 and not torch.is_grad_enabled():  # the teacher's e0 and ep (no preserved prompt)
+            teacher_calls.append(tuple(next(p for p, h in hidden.items() if torch.allclose(h, c.hidden, atol=1e-5))
+                                       for c in texts))
+        return original(unet, x, t, texts)
+
+    monkeypatch.setattr(erase_module, "_predict", spy)
+    adapter = esd_lora.erase(sd1_pipe, "red", contexts=["a {} star"], iterations=12, ddim_steps=2, progress=False)
+    assert set(teacher_calls) == {("", "red"), ("a star", "a red star")}
+    assert adapter.metadata.config.contexts == ["a {} star"] and adapter.metadata.config.concepts == ["red"]
 
 
 def test_bank_reuses_the_frozen_guidance_passes_as_exact_teacher_predictions(sd1_pipe, monkeypatch):

@@ -51,6 +51,20 @@ def test_the_preserve16_setting_raises_only_the_preservation_weight(monkeypatch,
     assert given == {"out": given["out"], "progress": False, "seed": 2, "preserve_weight": 16.0}
 
 
+def test_the_contexts_settings_put_the_concept_in_every_scene_and_keep_the_scenes_without_it(monkeypatch, quality):
+    given = canned_run(monkeypatch, quality, {"red": 0.0, "blue": 1.0, "star": 0.8, "dotted": 0.8})
+    quality.run(None, "star", "contexts+scenes", 32, seed=1)
+    contexts, preserve = given["contexts"], given["preserve"]
+    assert len(contexts) == 4 * 4 and "checkered green {}" in contexts  # every colour x pattern, {} for the shape
+    assert all(c.count("{}") == 1 and "star" not in c for c in contexts)
+    assert len(preserve) == 4 * 4 * 4 and "checkered green circle" in preserve  # the other 4 shapes
+    assert not any("star" in p for p in preserve)
+
+    given = canned_run(monkeypatch, quality, {"red": 0.0, "blue": 1.0, "star": 0.8, "dotted": 0.8})
+    quality.run(None, "dotted", "contexts", 32, seed=1)
+    assert len(given["contexts"]) == 5 * 4 and "{} red star" in given["contexts"] and "preserve" not in given
+
+
 def test_the_summary_is_the_mean_over_seeds_and_leaves_out_what_does_not_apply(quality):
     runs = [{"concept": "red", "setting": "default", "erased_train": et, "erased_held_out": eh,
              "worst_other_ratio": w, "dotted_ratio": d, "worst_but_dotted_ratio": b, "seconds": s, "passes": p}

@@ -42,6 +42,8 @@ def add_erase_options(p) -> None:
         p.add_argument(flag, dest=name, type=kind, default=None,
                        help=f"{EraseConfig.help(name)} (default: {_default(name)})")
     p.add_argument("--erase-from", default=None, metavar="TEXT", help=EraseConfig.help("erase_from"))
+    p.add_argument("--context", dest="contexts", action="append", default=[], metavar="TEXT",
+                   help=EraseConfig.help("contexts") + "; repeat for several")
     p.add_argument("--preserve", action="append", default=[], metavar="TEXT",
                    help=EraseConfig.help("preserve") + "; repeat for several")
     p.add_argument("--preserve-weight", type=float, default=None,
@@ -63,8 +65,9 @@ def erase_options(args) -> dict:
     """The training options set on the command line; the others come from the base's recommendations or defaults."""
     options = {name: getattr(args, name) for name in (
         "method", "iterations", "lr", "lr_schedule", "rank", "alpha", "eta", "start_guidance", "ddim_steps",
-        "bank_size", "refresh_every", "refresh_batch", "seed", "erase_from", "preserve", "preserve_weight",
-        "sample_with", "device", "dtype", "gradient_checkpointing", "compile", "adversarial_every", "adversarial_steps")}
+        "bank_size", "refresh_every", "refresh_batch", "seed", "erase_from", "contexts", "preserve",
+        "preserve_weight", "sample_with", "device", "dtype", "gradient_checkpointing", "compile", "adversarial_every",
+        "adversarial_steps")}
     if args.adversarial and options["adversarial_every"] is None:
         options["adversarial_every"] = ADVERSARIAL_EVERY
     return {k: v for k, v in options.items() if v is not None and v != []}  # what the user set
