@@ -86,7 +86,7 @@ def test_seeded_training_is_reproducible(sd1_pipe):
     {"method": "esd-x-strict", "eta": 2.0, "start_guidance": 1.0},
     {"preserve": ["blue", "a star"], "preserve_weight": 2.0},
     {"preserve": ["blue"], "erase_from": "a shape"},
-    {"contexts": ["a {} star"], "sample_with": "frozen"},
+    {"contexts": ["a {} star", "{} shape"], "preserve": ["blue"]},
 ])
 def test_options_train(sd1_pipe, options):
     adapter = esd_lora.erase(sd1_pipe, ["red", "green"], iterations=2, ddim_steps=3, progress=False, **options)
@@ -95,7 +95,8 @@ def test_options_train(sd1_pipe, options):
     assert adapter.metadata.final_loss >= 0
 
 
-def test_contexts_erase_each_concept_toward_its_context_without_it(sd1_pipe, monkeypatch):
+@pytest.mark.parametrize("sample_with", ["trained", "frozen"])  # frozen: the bank's cached e0 would be unconditional
+def test_contexts_erase_each_concept_toward_its_context_without_it(sd1_pipe, monkeypatch, sample_with):
     """The teacher's e0 is the unconditional prediction for the bare concept, the context's for the concept in it."""
     erase_module = importlib.import_module("esd_lora.erase")
     hidden = {p: family_of(sd1_pipe).encode([p]).hidden for p in ("", "red", "a red star", "a star")}
@@ -108,7 +109,8 @@ def test_contexts_erase_each_concept_toward_its_context_without_it(sd1_pipe, mon
         return original(unet, x, t, texts)
 
     monkeypatch.setattr(erase_module, "_predict", spy)
-    adapter = esd_lora.erase(sd1_pipe, "red", contexts=["a {} star"], iterations=12, ddim_steps=2, progress=False)
+    adapter = esd_lora.erase(sd1_pipe, "red", contexts=["a {} star"], sample_with=sample_with, iterations=12,
+                             ddim_steps=2, progress=False)
     assert set(teacher_calls) == {("", "red"), ("a star", "a red star")}
     assert adapter.metadata.config.contexts == ["a {} star"] and adapter.metadata.config.concepts == ["red"]
 
