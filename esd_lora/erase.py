@@ -230,8 +230,8 @@ class TrajectoryBank(Resampler):
 
     def __init__(self, *args) -> None:
         super().__init__(*args)
-        self.keeps_teacher = (self.config.sample_with == "frozen" and not self.config.erase_from
-                              and not self.config.contexts)
+        self.keeps_teacher = (self.config.sample_with == "frozen"  # and every e0 is the unconditional one
+                              and all(toward is None for _, toward in self.config.targets()))
         self.xs: list[torch.Tensor] = []
         self.predictions: list[tuple[torch.Tensor, torch.Tensor]] = []
 
