@@ -13,7 +13,8 @@ mean over seeds per concept and setting, since one seed cannot rank settings. Th
 every other concept >= 90% of its base rate, in at most 3 minutes on 2 CPU cores.
 
 Settings beyond the defaults: ``plain`` (no preservation term), ``preserve`` (every other concept's name
-preserved), ``preserve16`` (preservation weight 16), ``frozen-sampler``, ``cosine`` (learning-rate decay),
+preserved), ``preserve16`` (preservation weight 16), ``preserve-own`` (the preserved prompts held at x_t of their
+own trajectories, sampled by the frozen base), ``frozen-sampler``, ``cosine`` (learning-rate decay),
 ``contexts`` (the concept also erased inside every scene of the world, toward the scene without it: erasing red,
 "striped red circle" toward "striped circle") and ``contexts+scenes`` (that, with every scene without the
 concept preserved instead of the other concepts' names).
@@ -39,6 +40,7 @@ SETTINGS = {  # name -> erase options on top of the library defaults
     "plain": {"preserve": []},
     "preserve": {"preserve": "others"},
     "preserve16": {"preserve_weight": 16.0},
+    "preserve-own": {"preserve_at": "own"},
     "frozen-sampler": {"sample_with": "frozen"},
     "cosine": {"lr_schedule": "cosine"},
     "contexts": {"contexts": "world"},

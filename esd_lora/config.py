@@ -21,6 +21,7 @@ METHODS: dict[str, str] = {
     "esd-all": "every Linear/Conv layer of the UNet",
 }
 SAMPLERS = ("trained", "frozen")
+PRESERVE_AT = ("erased", "own")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 
@@ -50,6 +51,11 @@ class EraseConfig:
         "anchor prompts whose frozen predictions the adapter must keep (e.g. neighbouring concepts); one is "
         "drawn per step")})
     preserve_weight: float = _opt(1.0, "weight of the preservation term")
+    preserve_at: str = _opt(
+        "erased", "where the preservation term compares the trained and frozen predictions: at the x_t of the "
+        "erased concept's trajectories ('erased'), or at x_t from the preserved prompts' own trajectories, "
+        "sampled by the frozen base ('own': what the base draws for them is kept; costs a second trajectory "
+        "source)")
     eta: float = _opt(1.0, "negative guidance strength (paper form; the authors' later code's eta=2 is ours=1)")
     start_guidance: float = _opt(3.0, "classifier-free guidance used to sample the partial trajectory x_t")
     ddim_steps: int = _opt(50, "DDIM steps of the sampling schedule a stopping step is drawn from")
@@ -108,6 +114,8 @@ class EraseConfig:
         for name in ("gradient_checkpointing", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.preserve_at not in PRESERVE_AT:
+            raise ConfigError(f"preserve_at must be one of {', '.join(PRESERVE_AT)}, got {self.preserve_at!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.dtype not in DTYPES:
@@ -129,6 +137,8 @@ class EraseConfig:
             raise ConfigError("lr and alpha must be greater than 0")
         if self.preserve_weight < 0:
             raise ConfigError(f"preserve_weight must be 0 or more, got {self.preserve_weight}")
+        if self.preserve_at == "own" and not self.preserve:
+            raise ConfigError("preserve_at='own' needs preserve prompts to keep: add some (--preserve TEXT)")
         if self.contexts and self.adversarial_every:
             raise ConfigError("contexts and adversarial erasure cannot be combined yet: drop one of them")
 

@@ -11,11 +11,13 @@ switched off it is the frozen teacher, bit for bit the base model. Each step:
 3. ask the frozen model for ``e0`` (unconditional, or the ``erase_from`` prompt, or the context without the
    concept) and ``ep`` (the drawn prompt) in one batched forward, and the trained model for ``en`` (the concept);
 4. step Adam on ``MSE(en, e0 - eta * (ep - e0))``, plus, with ``preserve`` prompts, ``preserve_weight`` times
-   the MSE between the trained and the frozen prediction for one of them at the same ``x_t``.
+   the MSE between the trained and the frozen prediction for one of them at the same ``x_t`` (or, with
+   ``preserve_at='own'``, at an ``x_t`` of that prompt's own trajectory, sampled by the frozen base).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import gc
 import math
@@ -148,6 +150,11 @@ def _train(pipe, family, config: EraseConfig, *, progress: bool, callback, relea
     preserved = [texts[1 + n + j] for j in range(m)]
     source_class = TrajectoryBank if config.bank_size else Resampler
     source = source_class(unet, sampler, family, uncond, concepts, config, generator)
+    own = None  # preserve_at='own': x_t of the preserved prompts' trajectories, sampled by the frozen base
+    if m and config.preserve_at == "own":
+        own_config = dataclasses.replace(config, sample_with="frozen")
+        own = TrajectoryBank(unet, sampler, family, uncond, preserved, own_config, generator, keeps_teacher=True) \
+            if config.bank_size else Resampler(unet, sampler, family, uncond, preserved, own_config, generator)
     if config.adversarial_every:
         from .attack import Adversary  # attack.py imports this module
 
@@ -160,14 +167,23 @@ def _train(pipe, family, config: EraseConfig, *, progress: bool, callback, relea
     bar = tqdm(range(config.iterations), desc="erasing", unit="it", disable=not progress)
     for step in bar:
         x, t, i, cached = source.draw(step)
-        # The student sees the concept and, with a preservation term, one preserved prompt at the same x_t.
-        student_texts = [concepts[i]] + ([preserved[int(torch.randint(m, (1,), generator=generator))]] if m else [])
+        # The student sees the concept and, with a preservation term, one preserved prompt: at the same x_t, or
+        # (preserve_at='own') at an x_t of that prompt's own trajectory, in a forward of its own.
+        if own is not None:
+            own_x, own_t, j, own_cached = own.draw(step)
+        student_texts = [concepts[i]] + ([preserved[int(torch.randint(m, (1,), generator=generator))]]
+                                         if m and own is None else [])
         with torch.no_grad(), frozen(unet):  # e0, ep (and the preserved prompt's prediction) in one forward
             if cached is None:
                 e0, ep, *kept = _predict(unet, x, t, [e0_of[i], *student_texts])
             else:  # the bank already holds the frozen model's e0 and ep at this x_t
-                (e0, ep), kept = cached, list(_predict(unet, x, t, student_texts[1:])) if m else []
+                (e0, ep), kept = cached, list(_predict(unet, x, t, student_texts[1:])) if len(student_texts) > 1 \
+                    else []
+            if own is not None:  # the frozen sampler's guidance pass is the preserved prompt's frozen prediction
+                kept = [own_cached[1] if own_cached else _predict(unet, own_x, own_t, [preserved[j]])[0]]
         student = _predict(unet, x, t, student_texts)
+        if own is not None:
+            student += _predict(unet, own_x, own_t, [preserved[j]])
         loss = esd_loss(student[0], e0, ep, config.eta)
         if config.adversarial_every:  # the erasure must also hold for the concept + an adversarial soft prompt
             loss = loss + adversary.esd_term(step, x, t, i, e0, ep)
@@ -226,12 +242,15 @@ class TrajectoryBank(Resampler):
 
     Sampled by the frozen model without ``erase_from`` or contexts, the guidance passes along a trajectory already
     are the teacher's ``e0`` (unconditional) and ``ep`` (the concept) at every ``x_t``: they are kept and reused.
+    ``keeps_teacher=True`` keeps them whatever the config says (the bank of preserved prompts, ``preserve_at='own'``,
+    whose conditional pass is the frozen prediction the preservation term needs).
     """
 
-    def __init__(self, *args) -> None:
+    def __init__(self, *args, keeps_teacher: bool | None = None) -> None:
         super().__init__(*args)
-        self.keeps_teacher = (self.config.sample_with == "frozen"  # and every e0 is the unconditional one
-                              and all(toward is None for _, toward in self.config.targets()))
+        if keeps_teacher is None:  # sampled by the frozen model, and every e0 is the unconditional one
+            keeps_teacher = self.config.sample_with == "frozen" and all(a is None for _, a in self.config.targets())
+        self.keeps_teacher = keeps_teacher
         self.xs: list[torch.Tensor] = []
         self.predictions: list[tuple[torch.Tensor, torch.Tensor]] = []
 

@@ -20,7 +20,8 @@ def esd_lora(*args, cwd=None):
 def test_erase_info_generate_end_to_end(tiny_dirs, tmp_path, family):
     adapter = tmp_path / f"{family}.safetensors"
     result = esd_lora("erase", "red", "blue", "--base", tiny_dirs[family], "--iterations", 2, "--ddim-steps", 3,
-                      "--lr", "0.05", "--context", "a {} shape", "--out", adapter)
+                      "--lr", "0.05", "--context", "a {} shape", "--preserve", "green", "--preserve-at", "own",
+                      "--out", adapter)
     assert result.returncode == 0, result.stderr
     assert f"wrote {adapter}" in result.stdout and adapter.is_file()
     assert "erasing" in result.stderr  # the tqdm progress bar
@@ -30,6 +31,7 @@ def test_erase_info_generate_end_to_end(tiny_dirs, tmp_path, family):
     info = json.loads(result.stdout)
     assert info["config"]["concepts"] == ["red", "blue"] and info["config"]["iterations"] == 2
     assert info["config"]["contexts"] == ["a {} shape"]
+    assert info["config"]["preserve"] == ["green"] and info["config"]["preserve_at"] == "own"
     assert info["family"] == ("sdxl" if family == "sdxl" else "sd1")
 
     grid = tmp_path / "grid.png"
@@ -102,6 +104,7 @@ def not_esd(tmp_path):
     (["erase", "red", "--base", "{sd1}", "--out", "{tmp}/no/dir/a.safetensors"], "does not exist; create it"),
     (["erase", "red", "--base", "{sd1}", "--iterations", "0"], "iterations must be a positive integer"),
     (["erase", "red", "--base", "{sd1}", "--context", "a car"], "must hold {} once, where the concept goes"),
+    (["erase", "red", "--base", "{sd1}", "--preserve-at", "own"], "needs preserve prompts to keep"),
     (["erase", "red", "--base", "{sd1}", "--eta", "1e38", "--start-guidance", "1e38", "--iterations", "2",
       "--ddim-steps", "2", "--out", "{tmp}/nan.safetensors"], "loss became"),
     (["info", "{tmp}/missing.safetensors"], "does not exist"),

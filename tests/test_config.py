@@ -25,6 +25,8 @@ def test_defaults_and_normalisation():
     ({"concepts": ["x"], "lr": "fast"}, ConfigError, "lr"),
     ({"concepts": ["x"], "lr": -1.0}, ConfigError, "lr"),
     ({"concepts": ["x"], "sample_with": "teacher"}, ConfigError, "sample_with"),
+    ({"concepts": ["x"], "preserve_at": "elsewhere"}, ConfigError, "preserve_at must be one of erased, own"),
+    ({"concepts": ["x"], "preserve_at": "own"}, ConfigError, "needs preserve prompts to keep: add some"),
     ({"concepts": ["x"], "lr_schedule": "step"}, ConfigError, "lr_schedule must be one of constant, linear, cosine"),
     ({"concepts": ["x"], "dtype": "fp8"}, ConfigError, "dtype"),
     ({"concepts": ["x"], "preserve": ["ok", " "]}, EmptyConceptError, "preserve"),

@@ -275,6 +275,57 @@ def test_preservation_keeps_the_preserved_prompt_closer_to_the_base(sd1_pipe):
     assert drift[True] < 0.5 * drift[False], drift
 
 
+@pytest.mark.parametrize("bank_size", [0, 2])  # a fresh trajectory every step, or a bank of them
+@pytest.mark.parametrize("sample_with", ["trained", "frozen"])
+def test_preserve_at_own_keeps_the_preserved_prompts_on_their_own_frozen_trajectories(sd1_pipe, monkeypatch,
+                                                                                       bank_size, sample_with):
+    """The preservation term compares the trained and the frozen prediction for the preserved prompt at an x_t that
+    the frozen base sampled for that prompt, not at the erased concept's x_t."""
+    erase_module = importlib.import_module("esd_lora.erase")
+    hidden = {p: family_of(sd1_pipe).encode([p]).hidden for p in ("red", "blue", "green")}
+    drawn, pairs = [], []  # (source, x_t, t, prompt) of every draw; (student, teacher) of the preservation term
+
+    def name(conditioning):
+        return next(p for p, h in hidden.items() if torch.allclose(h, conditioning.hidden, atol=1e-5))
+
+    for cls in (erase_module.Resampler, erase_module.TrajectoryBank):
+        def draw(self, step, _original=cls.draw):
+            x, t, i, cached = _original(self, step)
+            drawn.append((self, x, t, name(self.concepts[i])))
+            return x, t, i, cached
+        monkeypatch.setattr(cls, "draw", draw)
+    original_loss = erase_module.preservation_loss
+
+    def preservation_loss(student, teacher):
+        pairs.append((student.detach(), teacher))
+        return original_loss(student, teacher)
+
+    monkeypatch.setattr(erase_module, "preservation_loss", preservation_loss)
+    students, original_predict = [], erase_module._predict
+
+    def predict(unet, x, t, texts):
+        if torch.is_grad_enabled():
+            students.append((x, [name(c) for c in texts]))
+        return original_predict(unet, x, t, texts)
+
+    monkeypatch.setattr(erase_module, "_predict", predict)
+    esd_lora.erase(sd1_pipe, "red", preserve=["blue", "green"], preserve_at="own", preserve_weight=4.0,
+                   bank_size=bank_size, sample_with=sample_with, iterations=6, ddim_steps=3, lr=1e-2, progress=False)
+    erased, own = drawn[0::2], drawn[1::2]  # each step draws the erased concept's x_t, then the preserved one's
+    assert {p for _, _, _, p in erased} == {"red"} and {p for _, _, _, p in own} <= {"blue", "green"}
+    assert {s.config.sample_with for s, *_ in own} == {"frozen"} and len(pairs) == 6
+    assert all(s.config.sample_with == sample_with for s, *_ in erased)
+    assert not any(torch.equal(xe, xo) for (_, xe, _, _), (_, xo, _, _) in zip(erased, own))
+    # the trained model sees the concept at its x_t and the preserved prompt at the preserved x_t
+    expected = [item for (_, xe, _, _), (_, xo, _, p) in zip(erased, own) for item in ((xe, ["red"]), (xo, [p]))]
+    assert len(students) == len(expected) == 12
+    assert all(x is x_want and names == want for (x, names), (x_want, want) in zip(students, expected))
+    with torch.no_grad():  # the teacher is the frozen prediction at the preserved x_t (erase left the base as it was)
+        for (_, x, t, prompt), (_, teacher) in zip(own, pairs):
+            expected = sd1_pipe.unet(x, t, **family_of(sd1_pipe).encode([prompt]).unet_kwargs()).sample
+            torch.testing.assert_close(teacher.float(), expected.float(), atol=1e-4, rtol=1e-4)
+
+
 @pytest.fixture
 def recommending_base(tiny_dirs, tmp_path):
     """The tiny sd1 base with a settings file that recommends a learning rate and an iteration count."""

@@ -51,6 +51,12 @@ def test_the_preserve16_setting_raises_only_the_preservation_weight(monkeypatch,
     assert given == {"out": given["out"], "progress": False, "seed": 2, "preserve_weight": 16.0}
 
 
+def test_the_preserve_own_setting_changes_only_where_the_preserved_prompts_are_held(monkeypatch, quality):
+    given = canned_run(monkeypatch, quality, {"red": 0.0, "blue": 1.0, "star": 0.8, "dotted": 0.8})
+    quality.run(None, "red", "preserve-own", 32, seed=3)
+    assert given == {"out": given["out"], "progress": False, "seed": 3, "preserve_at": "own"}
+
+
 def test_the_contexts_settings_put_the_concept_in_every_scene_and_keep_the_scenes_without_it(monkeypatch, quality):
     given = canned_run(monkeypatch, quality, {"red": 0.0, "blue": 1.0, "star": 0.8, "dotted": 0.8})
     quality.run(None, "star", "contexts+scenes", 32, seed=1)

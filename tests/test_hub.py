@@ -72,6 +72,21 @@ def test_push_uploads_adapter_card_and_evaluation_with_lfs(hub, sd1_adapter, rep
     assert 'pipe.load_lora_weights("me/no-red")' in card.text and "--adapter hub:me/no-red" in card.text
 
 
+@pytest.mark.parametrize("options, row", [
+    ({}, "| preservation | - |"),
+    ({"preserve": ["blue"], "preserve_weight": 4.0}, "| preservation | weight 4, at x_t of the erased concept |"),
+    ({"preserve": ["blue"], "preserve_at": "own"},
+     "| preservation | weight 1, at x_t of the preserved prompts' own trajectories |"),
+])
+def test_the_card_says_how_the_preservation_term_was_applied(tiny_dirs, options, row):
+    from esd_lora.cards import adapter_card
+
+    adapter = esd_lora.erase(tiny_dirs["sd1"], "red", iterations=1, ddim_steps=2, progress=False, device="cpu",
+                             **options)
+    card = adapter_card(adapter, repo_id="me/no-red", sha256="0" * 64, license="mit")
+    assert row in str(card)
+
+
 def test_a_hub_without_xet_gets_the_upload_through_git_lfs(hub, sd1_adapter, monkeypatch, capsys):
     from huggingface_hub import constants
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..attack import ADVERSARIAL_EVERY
-from ..config import LR_SCHEDULES, METHODS, SAMPLERS, EraseConfig
+from ..config import LR_SCHEDULES, METHODS, PRESERVE_AT, SAMPLERS, EraseConfig
 from ..erase import erase, make_config
 from ..families import recommended_options
 from ._common import add_base, add_command, add_device, slug
@@ -48,6 +48,8 @@ def add_erase_options(p) -> None:
                    help=EraseConfig.help("preserve") + "; repeat for several")
     p.add_argument("--preserve-weight", type=float, default=None,
                    help=f"{EraseConfig.help('preserve_weight')} (default: {_default('preserve_weight')})")
+    p.add_argument("--preserve-at", default=None, choices=PRESERVE_AT,
+                   help=f"{EraseConfig.help('preserve_at')} (default: {_default('preserve_at')})")
     p.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES,
                    help=f"{EraseConfig.help('lr_schedule')} (default: {_default('lr_schedule')})")
     p.add_argument("--sample-with", default=None, choices=SAMPLERS,
@@ -66,7 +68,7 @@ def erase_options(args) -> dict:
     options = {name: getattr(args, name) for name in (
         "method", "iterations", "lr", "lr_schedule", "rank", "alpha", "eta", "start_guidance", "ddim_steps",
         "bank_size", "refresh_every", "refresh_batch", "seed", "erase_from", "contexts", "preserve",
-        "preserve_weight", "sample_with", "device", "dtype", "gradient_checkpointing", "compile", "adversarial_every",
+        "preserve_weight", "preserve_at", "sample_with", "device", "dtype", "gradient_checkpointing", "compile", "adversarial_every",
         "adversarial_steps")}
     if args.adversarial and options["adversarial_every"] is None:
         options["adversarial_every"] = ADVERSARIAL_EVERY
