@@ -37,7 +37,7 @@ except ImportError as exc:
 
 from .adapter import Adapter, load_adapter
 from .catalog import INDEX, CatalogEntry, load_catalog
-from .config import METHODS, EraseConfig
+from .config import METHODS, PRESERVE_AT, EraseConfig
 from .stack import AdapterSpec
 
 CATALOG = Path(__file__).resolve().parent.parent / "adapters"
@@ -93,6 +93,11 @@ def number(value, name: str, kind: type = float) -> float | int | None:
 def split_concepts(text: str | None) -> list[str]:
     """Concepts typed in one box, separated by commas or new lines."""
     return [c.strip() for c in (text or "").replace("\n", ",").split(",") if c.strip()]
+
+
+def split_lines(text: str | None) -> list[str]:
+    """Prompts typed in one box, one per line (prompts may hold commas)."""
+    return [line.strip() for line in (text or "").splitlines() if line.strip()]
 
 
 def read_catalog(folder: str | os.PathLike = CATALOG) -> dict[str, CatalogEntry]:
@@ -234,13 +239,17 @@ class App:
     # Erase
 
     @visible_errors
-    def erase(self, base, concepts, method, eta, iterations, lr, rank, request: gr.Request = None):
-        """Train an erasure in the background; yield (status, loss curve, download, adapter path) as it goes."""
+    def erase(self, base, concepts, method, eta, iterations, lr, rank, contexts="", preserve="",
+              preserve_at="erased", request: gr.Request = None):
+        """Train an erasure in the background; yield (status, loss curve, download, adapter path) as it goes.
+        A blank ``preserve`` box means what the base recommends (the bundled base: the other concepts' names)."""
         from .cli.erase import default_name
         from .erase import erase, make_config
 
         options = {"method": method, "eta": number(eta, "eta"), "iterations": number(iterations, "iterations", int),
-                   "lr": number(lr, "learning rate"), "rank": number(rank, "rank", int)}
+                   "lr": number(lr, "learning rate"), "rank": number(rank, "rank", int),
+                   "contexts": split_lines(contexts) or None, "preserve": split_lines(preserve) or None,
+                   "preserve_at": preserve_at}
         config = make_config(base, split_concepts(concepts), **{k: v for k, v in options.items() if v is not None})
         out = self.new_folder() / default_name(config)
         job = Job(owner=session_of(request), config=config)
@@ -434,6 +443,16 @@ def build_app(app: App | None = None) -> gr.Blocks:
                 lr = gr.Textbox(label="Learning rate", elem_id="lr",
                                 info="blank: what the base recommends (bundled: 0.005), else 0.0002")
                 rank = gr.Textbox("4", label="Rank", elem_id="rank", info="LoRA rank")
+            with gr.Accordion("Contexts and preservation", open=False, elem_id="erase-more"):
+                with gr.Row():
+                    contexts = gr.Textbox(label="Contexts (one per line)", lines=2, elem_id="contexts",
+                                          placeholder="a {} portrait", info=EraseConfig.help("contexts"))
+                    preserve = gr.Textbox(label="Preserve (one prompt per line)", lines=2, elem_id="preserve",
+                                          placeholder="claude monet",
+                                          info="prompts whose frozen predictions the adapter must keep; blank: what "
+                                               "the base recommends (bundled: the other concepts' names), else none")
+                    preserve_at = gr.Dropdown(list(PRESERVE_AT), value="erased", label="Preserve at",
+                                              elem_id="preserve-at", info=EraseConfig.help("preserve_at"))
             with gr.Row():
                 erase_btn = gr.Button("Erase", variant="primary", elem_id="erase-btn")
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
@@ -500,7 +519,7 @@ def build_app(app: App | None = None) -> gr.Blocks:
             grid = gr.Image(label="Samples", type="pil", format="png", interactive=False)
 
         model = {"concurrency_id": MODEL_QUEUE, "concurrency_limit": 1}
-        erase_btn.click(app.erase, [base, concepts, method, eta, iterations, lr, rank],
+        erase_btn.click(app.erase, [base, concepts, method, eta, iterations, lr, rank, contexts, preserve, preserve_at],
                         [erase_status, curve, adapter_file, adapter_path], **model)
         cancel_btn.click(app.cancel, None, erase_note)
         push_erased.click(app.push_adapter, [adapter_path, erased_repo, erased_private, token], erase_pushed)

@@ -62,26 +62,39 @@ def test_number_fields():
     assert split_concepts(" red, blue\nvan gogh,, ") == ["red", "blue", "van gogh"]
 
 
-@pytest.mark.parametrize("concepts, iterations, lr, message", [
-    ("  ", "10", "", "no concept given"),
-    ("red", "ten", "", "iterations must be a number, got 'ten'"),
-    ("red", "10", "fast", "learning rate must be a number, got 'fast'"),
-    ("red", "0", "", "iterations must be a positive integer"),
+@pytest.mark.parametrize("concepts, iterations, lr, more, message", [
+    ("  ", "10", "", {}, "no concept given"),
+    ("red", "ten", "", {}, "iterations must be a number, got 'ten'"),
+    ("red", "10", "fast", {}, "learning rate must be a number, got 'fast'"),
+    ("red", "0", "", {}, "iterations must be a positive integer"),
+    ("red", "10", "", {"contexts": "a red car"}, "must hold {} once, where the concept goes"),
+    ("red", "10", "", {"preserve_at": "own"}, "needs preserve prompts to keep"),  # the tiny base recommends none
 ])
-def test_erase_bad_input_is_a_visible_error_and_starts_nothing(app, tiny_dirs, concepts, iterations, lr, message):
+def test_erase_bad_input_is_a_visible_error_and_starts_nothing(app, tiny_dirs, concepts, iterations, lr, more,
+                                                               message):
     with pytest.raises(gr.Error, match=message):
-        next(app.erase(str(tiny_dirs["sd1"]), concepts, "esd-x", "1.0", iterations, lr, "4", session()))
+        next(app.erase(str(tiny_dirs["sd1"]), concepts, "esd-x", "1.0", iterations, lr, "4", **more,
+                       request=session()))
     assert app.trainer.status() == "idle" and not adapters_in(app.workdir)
 
 
 def test_erase_streams_progress_and_offers_the_adapter(app, tiny_dirs):
-    updates = list(app.erase(str(tiny_dirs["sd1"]), "red", "esd-x", "1.0", "3", "", "2", session()))
+    updates = list(app.erase(str(tiny_dirs["sd1"]), "red", "esd-x", "1.0", "3", "", "2", request=session()))
     status, curve, file, path = updates[-1]
     assert status.startswith("erased red") and file == path
     adapter = load_adapter(path)
     assert adapter.metadata.config.concepts == ["red"] and adapter.metadata.config.rank == 2
+    assert adapter.metadata.config.contexts == [] and adapter.metadata.config.preserve == []
     assert list(curve["step"]) == [1, 2, 3] and np.isfinite(curve["loss"]).all()
     assert app.trainer.status() == "idle"
+
+
+def test_erase_takes_contexts_and_preserved_prompts_one_per_line(app, tiny_dirs):
+    updates = list(app.erase(str(tiny_dirs["sd1"]), "red", "esd-x", "1.0", "2", "", "2", "a {} star\n\n a {} box ",
+                             "blue\na green, dotted star", "own", request=session()))
+    config = load_adapter(updates[-1][-1]).metadata.config
+    assert config.contexts == ["a {} star", "a {} box"] and config.preserve == ["blue", "a green, dotted star"]
+    assert config.preserve_at == "own"
 
 
 def test_progress_bar_shows_step_and_loss():
@@ -97,12 +110,12 @@ def test_cancel_stops_training_writes_nothing_and_frees_the_trainer(app, tiny_di
     release = threading.Event()
     load = app.pipeline
     monkeypatch.setattr(app, "pipeline", lambda base: release.wait() and load(base))
-    updates = app.erase(str(tiny_dirs["sd1"]), "red", "esd-x", "1.0", "50", "", "2", session("alice"))
+    updates = app.erase(str(tiny_dirs["sd1"]), "red", "esd-x", "1.0", "50", "", "2", request=session("alice"))
     status, *_ = next(updates)
     assert "<progress" in status and "erasing red" in status
     assert "busy" in app.busy_status() and "erasing red" in app.busy_status()
     with pytest.raises(gr.Error, match="already running"):
-        next(app.erase(str(tiny_dirs["sd1"]), "blue", "esd-x", "1.0", "5", "", "2", session("bob")))
+        next(app.erase(str(tiny_dirs["sd1"]), "blue", "esd-x", "1.0", "5", "", "2", request=session("bob")))
     assert app.cancel(session("bob")).startswith("nothing to cancel")  # not bob's training
     assert app.cancel(session("alice")).startswith("cancelling")
     release.set()
