@@ -17,7 +17,8 @@ preserved), ``preserve16`` (preservation weight 16), ``preserve-own`` (the prese
 own trajectories, sampled by the frozen base), ``frozen-sampler``, ``cosine`` (learning-rate decay),
 ``contexts`` (the concept also erased inside every scene of the world, toward the scene without it: erasing red,
 "striped red circle" toward "striped circle") and ``contexts+scenes`` (that, with every scene without the
-concept preserved instead of the other concepts' names).
+concept preserved instead of the other concepts' names), ``contexts-eta0.5`` (``contexts`` with half the negative
+guidance: at eta 1, "striped red circle" turned into a plain blue circle, losing its stripes with its colour).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ SETTINGS = {  # name -> erase options on top of the library defaults
     "cosine": {"lr_schedule": "cosine"},
     "contexts": {"contexts": "world"},
     "contexts+scenes": {"contexts": "world", "preserve": "scenes"},
+    "contexts-eta0.5": {"contexts": "world", "eta": 0.5},
 }
 
 

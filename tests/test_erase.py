@@ -334,7 +334,7 @@ def recommending_base(tiny_dirs, tmp_path):
 
     folder = tmp_path / "sd1-recommending"
     shutil.copytree(tiny_dirs["sd1"], folder)
-    (folder / "esd_lora.json").write_text(json.dumps({"erase": {"lr": 0.01, "iterations": 2},
+    (folder / "esd_lora.json").write_text(json.dumps({"erase": {"lr": 0.01, "iterations": 2, "contexts": ["a {} toy"]},
                                                       "anchors": ["red", "blue", "a red star", "dotted"]}))
     return folder
 
@@ -346,6 +346,7 @@ def test_base_recommended_settings_apply_under_explicit_options(recommending_bas
     config = make_config(recommending_base, "red", ddim_steps=2)
     assert (config.lr, config.iterations, config.ddim_steps) == (0.01, 2, 2)
     assert config.preserve == ["blue", "dotted"]  # the anchors, less those naming the erased concept
+    assert config.contexts == ["a {} toy"]
     assert make_config(recommending_base, ["red", "dotted"]).preserve == ["blue"]
     assert make_config(recommending_base, "red", preserve=[]).preserve == []  # explicit wins
     assert make_config(recommending_base, "red", lr=0.5).lr == 0.5
@@ -366,6 +367,27 @@ def test_bad_settings_file_is_named(recommending_base, content, error, match):
     (recommending_base / "esd_lora.json").write_text(content)
     with pytest.raises(error, match=match):
         make_config(recommending_base, "red")
+
+
+def test_cli_says_which_recommended_settings_it_uses_and_turns_them_off(recommending_base, tmp_path, capsys):
+    from esd_lora.cli import main
+    from esd_lora.cli.erase import _brief
+
+    out = tmp_path / "no-red.safetensors"
+    erase = ["erase", "red", "--base", str(recommending_base), "--ddim-steps", "2", "--out", str(out), "--overwrite"]
+    assert main(erase) == 0
+    said = capsys.readouterr().out
+    assert "lr=0.01" in said and "contexts=['a {} toy']" in said and "preserve=['blue', 'dotted']" in said
+    assert esd_lora.load_adapter(out).metadata.config.preserve == ["blue", "dotted"]
+    assert main(erase + ["--preserve", "green", "--lr", "0.02"]) == 0
+    said = capsys.readouterr().out
+    assert "lr=" not in said and "preserve=" not in said and "iterations=2" in said  # what was given is not "used"
+    assert main(erase + ["--no-preserve", "--no-contexts"]) == 0  # plain ESD on this base
+    config = esd_lora.load_adapter(out).metadata.config
+    assert config.contexts == [] and config.preserve == [] and config.lr == 0.01
+    said = capsys.readouterr().out
+    assert "preserve=" not in said and "contexts=" not in said
+    assert _brief(list("abcdef")) == "['a', 'b', 'c', 'd', ... 6 in all]" and _brief([1, 2]) == "[1, 2]"
 
 
 def test_gradient_checkpointing_recomputes_the_same_training_and_is_undone(sd1_pipe, monkeypatch):

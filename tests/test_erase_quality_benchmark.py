@@ -82,3 +82,13 @@ def test_the_summary_is_the_mean_over_seeds_and_leaves_out_what_does_not_apply(q
         "dotted    default         erased 0% / 10%, worst other 50%, dotted -, worst but dotted 90%, 60 s, "
         "0 of 1 pass",
     ]
+
+
+def test_the_half_eta_setting_is_the_contexts_setting_with_eta_halved(monkeypatch, quality):
+    contexts = canned_run(monkeypatch, quality, {"red": 0.0, "blue": 1.0, "star": 0.8, "dotted": 0.8})
+    quality.run(None, "red", "contexts", 32, seed=1)
+    halved = canned_run(monkeypatch, quality, {"red": 0.0, "blue": 1.0, "star": 0.8, "dotted": 0.8})
+    quality.run(None, "red", "contexts-eta0.5", 32, seed=1)
+    assert halved.pop("eta") == 0.5 and "eta" not in contexts
+    assert {k: v for k, v in halved.items() if k != "out"} == {k: v for k, v in contexts.items() if k != "out"}
+    assert len(halved["contexts"]) == 5 * 4  # red in every shape x pattern

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..attack import ADVERSARIAL_EVERY
 from ..config import LR_SCHEDULES, METHODS, PRESERVE_AT, SAMPLERS, EraseConfig
 from ..erase import erase, make_config
+from ..errors import ConfigError
 from ..families import recommended_options
 from ._common import add_base, add_command, add_device, slug
 
@@ -44,8 +45,13 @@ def add_erase_options(p) -> None:
     p.add_argument("--erase-from", default=None, metavar="TEXT", help=EraseConfig.help("erase_from"))
     p.add_argument("--context", dest="contexts", action="append", default=[], metavar="TEXT",
                    help=EraseConfig.help("contexts") + "; repeat for several")
+    p.add_argument("--no-contexts", action="store_true",
+                   help="erase the concept as given only, without the contexts the base recommends")
     p.add_argument("--preserve", action="append", default=[], metavar="TEXT",
-                   help=EraseConfig.help("preserve") + "; repeat for several")
+                   help=EraseConfig.help("preserve") + "; repeat for several (default: what the base recommends, "
+                        "the bundled base: the other concepts' names)")
+    p.add_argument("--no-preserve", action="store_true",
+                   help="no preservation term, not even with the prompts the base recommends (plain ESD)")
     p.add_argument("--preserve-weight", type=float, default=None,
                    help=f"{EraseConfig.help('preserve_weight')} (default: {_default('preserve_weight')})")
     p.add_argument("--preserve-at", default=None, choices=PRESERVE_AT,
@@ -72,7 +78,13 @@ def erase_options(args) -> dict:
         "adversarial_every", "adversarial_steps")}
     if args.adversarial and options["adversarial_every"] is None:
         options["adversarial_every"] = ADVERSARIAL_EVERY
-    return {k: v for k, v in options.items() if v is not None and v != []}  # what the user set
+    options = {k: v for k, v in options.items() if v is not None and v != []}  # what the user set
+    for name, flag in (("contexts", "--context"), ("preserve", "--preserve")):
+        if getattr(args, f"no_{name}"):
+            if name in options:
+                raise ConfigError(f"{flag} and --no-{name} contradict each other: give one of them")
+            options[name] = []
+    return options
 
 
 def run(args) -> int:
@@ -84,7 +96,7 @@ def run(args) -> int:
         used["preserve"] = config.preserve
     if used and not args.quiet:
         print(f"using the settings {path} recommends for this base: "
-              f"{', '.join(f'{k}={v}' for k, v in used.items())} (override with the options)")
+              f"{', '.join(f'{k}={_brief(v)}' for k, v in used.items())} (override with the options)")
     out = args.out or default_name(config)
     adapter = erase(args.base, config.concepts, config=config, out=out, overwrite=args.overwrite,
                     progress=not args.quiet)
@@ -94,6 +106,13 @@ def run(args) -> int:
           f"{', '.join(config.concepts)} with {config.method} in {meta.wall_time_s:.1f} s, final loss "
           f"{meta.final_loss:.5f}")
     return 0
+
+
+def _brief(value, most: int = 4) -> str:
+    """A recommended value for one line: a long list as its first items and its length."""
+    if isinstance(value, list) and len(value) > most:
+        return f"[{', '.join(map(repr, value[:most]))}, ... {len(value)} in all]"
+    return str(value)
 
 
 def _default(name: str):
