@@ -28,7 +28,8 @@ from esd_lora.adapter import load_adapter  # noqa: E402
 from esd_lora.bundled import world  # noqa: E402
 from esd_lora.evaluate import generate_images, judged_as, sample_prompts  # noqa: E402
 from esd_lora.families import load_pipeline  # noqa: E402
-from esd_lora.stack import parse_adapter_specs, with_and_without  # noqa: E402
+from esd_lora.errors import EsdLoraError  # noqa: E402
+from esd_lora.stack import apply_adapters  # noqa: E402
 
 WITH, WITHOUT = "names erased", "without"
 ALONE, COMBINED = "alone", "combined"
@@ -81,7 +82,10 @@ def summarise(erased: list[str], rows: list[tuple[str, str, list[str]]], base: l
     return {"erased": erased, "rows": table, "overall": overall}
 
 
-def measure(pipe, adapter: str, n: int, seed: int) -> dict:
+def measure(pipe, adapter: str, n: int, seed: int, base_cache: dict | None = None) -> dict:
+    """Judge ``adapter``'s plan with and without it; the base's judgments are kept in ``base_cache`` for the next
+    adapter erasing the same concepts (same prompts and seeds, so the same images)."""
+    base_cache = {} if base_cache is None else base_cache
     erased = load_adapter(adapter).metadata.config.concepts
     unknown = [c for c in erased if c not in world.all_concepts()]
     if unknown:
@@ -93,7 +97,17 @@ def measure(pipe, adapter: str, n: int, seed: int) -> dict:
         return [judged_as(generate_images(pipe, prompts, seed + 1000 * k, 25, 5.0, 256), concept)
                 for k, (concept, _, prompts) in enumerate(rows)]
 
-    base, adapted, _ = with_and_without(pipe, parse_adapter_specs([adapter]), run)
+    apply_adapters(pipe, [adapter])  # checked against the base before any image is made
+    try:
+        pipe.disable_lora()
+        key = (tuple(sorted(erased)), n, seed)
+        if key not in base_cache:
+            base_cache[key] = run()
+        base = base_cache[key]
+        pipe.enable_lora()
+        adapted = run()
+    finally:
+        pipe.unload_lora_weights()
     return {"adapter": adapter, **summarise(erased, rows, base, adapted)}
 
 
@@ -118,10 +132,13 @@ def main() -> None:
     parser.add_argument("--base", default="bundled", help="a copy of the bundled base to measure on")
     args = parser.parse_args()
     pipe = load_pipeline(args.base, device="cpu")
-    results = []
+    results, base_cache = [], {}
     for adapter in args.adapters:
         start = time.perf_counter()
-        results.append(measure(pipe, adapter, args.n, args.seed))
+        try:
+            results.append(measure(pipe, adapter, args.n, args.seed, base_cache))
+        except EsdLoraError as exc:  # a missing or foreign adapter file: one line, as the CLI says it
+            raise SystemExit(f"error: {exc}") from None
         print("\n".join(report_lines(results[-1])), f"\n({time.perf_counter() - start:.0f} s)", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -46,3 +46,26 @@ def test_judgments_become_ratios_and_the_worst_per_split(collateral):
     lines = collateral.report_lines({"adapter": "a.safetensors", **result})
     assert "other concepts, prompts names erased: worst striped 25%, mean 88%" in lines
     assert any(line.startswith("blue") and line.endswith("-") for line in lines)
+
+
+def test_the_base_images_are_made_once_for_adapters_erasing_the_same_concepts(collateral, monkeypatch):
+    from types import SimpleNamespace
+
+    made, pipe_calls = [], []
+    pipe = SimpleNamespace(**{name: (lambda name=name: pipe_calls.append(name))
+                              for name in ("disable_lora", "enable_lora", "unload_lora_weights")})
+    concepts = {"a.safetensors": ["red"], "b.safetensors": ["red"], "c.safetensors": ["blue"]}
+    monkeypatch.setattr(collateral, "load_adapter", lambda path: SimpleNamespace(
+        metadata=SimpleNamespace(config=SimpleNamespace(concepts=concepts[path]))))
+    monkeypatch.setattr(collateral, "apply_adapters", lambda pipe, specs: pipe_calls.append(("apply", *specs)))
+    monkeypatch.setattr(collateral, "generate_images", lambda pipe, prompts, *args: made.append(prompts) or prompts)
+    monkeypatch.setattr(collateral, "judged_as", lambda images, concept: [True] * len(images))
+    cache = {}
+    groups = len(collateral.plan(["red"], 2, 0))
+    collateral.measure(pipe, "a.safetensors", 2, 0, cache)
+    assert len(made) == 2 * groups  # base and adapted
+    collateral.measure(pipe, "b.safetensors", 2, 0, cache)
+    assert len(made) == 3 * groups  # adapted only: red's base images are kept
+    collateral.measure(pipe, "c.safetensors", 2, 0, cache)
+    assert len(made) == 3 * groups + 2 * len(collateral.plan(["blue"], 2, 0))  # another concept, another base
+    assert pipe_calls.count("unload_lora_weights") == 3 and pipe_calls[0] == ("apply", "a.safetensors")
