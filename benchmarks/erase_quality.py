@@ -18,7 +18,9 @@ own trajectories, sampled by the frozen base), ``frozen-sampler``, ``cosine`` (l
 ``contexts`` (the concept also erased inside every scene of the world, toward the scene without it: erasing red,
 "striped red circle" toward "striped circle") and ``contexts+scenes`` (that, with every scene without the
 concept preserved instead of the other concepts' names), ``contexts-eta0.5`` (``contexts`` with half the negative
-guidance: at eta 1, "striped red circle" turned into a plain blue circle, losing its stripes with its colour).
+guidance: at eta 1, "striped red circle" turned into a plain blue circle, losing its stripes with its colour),
+``kv-anchor3`` / ``kv-anchor10`` (keys and values only, ``esd-x-strict``, with the text-side preservation term at
+weight 3 / 10: the preserved prompts' and the empty prompt's cross-attention keys and values held in place).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ SETTINGS = {  # name -> erase options on top of the library defaults
     "contexts": {"contexts": "world"},
     "contexts+scenes": {"contexts": "world", "preserve": "scenes"},
     "contexts-eta0.5": {"contexts": "world", "eta": 0.5},
+    "kv-anchor3": {"method": "esd-x-strict", "preserve_text_weight": 3.0},
+    "kv-anchor10": {"method": "esd-x-strict", "preserve_text_weight": 10.0},
 }
 
 

@@ -240,9 +240,10 @@ class App:
 
     @visible_errors
     def erase(self, base, concepts, method, eta, iterations, lr, rank, contexts="", preserve="",
-              preserve_at="erased", request: gr.Request = None):
+              preserve_at="erased", no_preserve=False, request: gr.Request = None):
         """Train an erasure in the background; yield (status, loss curve, download, adapter path) as it goes.
-        A blank ``preserve`` box means what the base recommends (the bundled base: the other concepts' names)."""
+        A blank ``preserve`` box means what the base recommends (the bundled base: the other concepts' names);
+        ``no_preserve`` means none at all (plain ESD)."""
         from .cli.erase import default_name
         from .erase import erase, make_config
 
@@ -250,6 +251,10 @@ class App:
                    "lr": number(lr, "learning rate"), "rank": number(rank, "rank", int),
                    "contexts": split_lines(contexts) or None, "preserve": split_lines(preserve) or None,
                    "preserve_at": preserve_at}
+        if no_preserve:
+            if options["preserve"]:
+                raise ConfigError("'No preservation' is ticked and the Preserve box is filled: clear one of them")
+            options["preserve"] = []
         config = make_config(base, split_concepts(concepts), **{k: v for k, v in options.items() if v is not None})
         out = self.new_folder() / default_name(config)
         job = Job(owner=session_of(request), config=config)
@@ -453,6 +458,8 @@ def build_app(app: App | None = None) -> gr.Blocks:
                                                "the base recommends (bundled: the other concepts' names), else none")
                     preserve_at = gr.Dropdown(list(PRESERVE_AT), value="erased", label="Preserve at",
                                               elem_id="preserve-at", info=EraseConfig.help("preserve_at"))
+                    no_preserve = gr.Checkbox(label="No preservation (plain ESD)", elem_id="no-preserve",
+                                              info="keep nothing, not even what the base recommends")
             with gr.Row():
                 erase_btn = gr.Button("Erase", variant="primary", elem_id="erase-btn")
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
@@ -519,7 +526,8 @@ def build_app(app: App | None = None) -> gr.Blocks:
             grid = gr.Image(label="Samples", type="pil", format="png", interactive=False)
 
         model = {"concurrency_id": MODEL_QUEUE, "concurrency_limit": 1}
-        erase_btn.click(app.erase, [base, concepts, method, eta, iterations, lr, rank, contexts, preserve, preserve_at],
+        erase_btn.click(app.erase, [base, concepts, method, eta, iterations, lr, rank, contexts, preserve, preserve_at,
+                                    no_preserve],
                         [erase_status, curve, adapter_file, adapter_path], **model)
         cancel_btn.click(app.cancel, None, erase_note)
         push_erased.click(app.push_adapter, [adapter_path, erased_repo, erased_private, token], erase_pushed)

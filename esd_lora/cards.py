@@ -156,7 +156,9 @@ def adapter_card(adapter, *, repo_id: str, sha256: str, license: str, report: di
                 ("preserved", ", ".join(config.preserve) or "-"),
                 ("preservation", f"weight {config.preserve_weight:g}, at x_t of "
                  + ("the preserved prompts' own trajectories" if config.preserve_at == "own" else "the erased concept")
-                 if config.preserve else "-"), ("iterations", config.iterations),
+                 if config.preserve else "-"),
+                ("key / value preservation", f"weight {config.preserve_text_weight:g}"
+                 if config.preserve_text_weight else "-"), ("iterations", config.iterations),
                 ("learning rate", f"{config.lr:g}"), ("rank / alpha", f"{config.rank} / {config.alpha:g}"),
                 ("eta (negative guidance)", f"{config.eta:g}"), ("start guidance", f"{config.start_guidance:g}"),
                 ("DDIM steps", config.ddim_steps), ("seed", config.seed), ("final loss", f"{meta.final_loss:.5g}"),

@@ -56,6 +56,10 @@ class EraseConfig:
         "erased concept's trajectories ('erased'), or at x_t from the preserved prompts' own trajectories, "
         "sampled by the frozen base ('own': what the base draws for them is kept; costs a second trajectory "
         "source)")
+    preserve_text_weight: float = _opt(
+        0.0, "weight of a term that keeps the cross-attention keys and values of the preserved prompts and of the "
+        "empty prompt: the adapter's change to attn2 to_k / to_v applied to their text embeddings, relative to the "
+        "base's keys and values (cheap: no UNet forward); 0 = off")
     eta: float = _opt(1.0, "negative guidance strength (paper form; the authors' later code's eta=2 is ours=1)")
     start_guidance: float = _opt(3.0, "classifier-free guidance used to sample the partial trajectory x_t")
     ddim_steps: int = _opt(50, "DDIM steps of the sampling schedule a stopping step is drawn from")
@@ -128,15 +132,19 @@ class EraseConfig:
             positive_int(name, getattr(self, name))
         if self.alpha is None:
             self.alpha = float(self.rank)
-        for name in ("eta", "start_guidance", "lr", "alpha", "preserve_weight"):
+        for name in ("eta", "start_guidance", "lr", "alpha", "preserve_weight", "preserve_text_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"{name} must be a finite number, got {value!r}")
             setattr(self, name, float(value))
         if self.lr <= 0 or self.alpha <= 0:
             raise ConfigError("lr and alpha must be greater than 0")
-        if self.preserve_weight < 0:
-            raise ConfigError(f"preserve_weight must be 0 or more, got {self.preserve_weight}")
+        for name in ("preserve_weight", "preserve_text_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if self.preserve_text_weight and self.method == "esd-u":
+            raise ConfigError("preserve_text_weight holds cross-attention keys and values, which esd-u does not "
+                              "train: use --method esd-x-strict, esd-x or esd-all, or drop the weight")
         if self.preserve_at == "own" and not self.preserve:
             raise ConfigError("preserve_at='own' needs preserve prompts to keep: add some (--preserve TEXT)")
         if self.contexts and self.adversarial_every:

@@ -12,7 +12,9 @@ switched off it is the frozen teacher, bit for bit the base model. Each step:
    concept) and ``ep`` (the drawn prompt) in one batched forward, and the trained model for ``en`` (the concept);
 4. step Adam on ``MSE(en, e0 - eta * (ep - e0))``, plus, with ``preserve`` prompts, ``preserve_weight`` times
    the MSE between the trained and the frozen prediction for one of them at the same ``x_t`` (or, with
-   ``preserve_at='own'``, at an ``x_t`` of that prompt's own trajectory, sampled by the frozen base).
+   ``preserve_at='own'``, at an ``x_t`` of that prompt's own trajectory, sampled by the frozen base); with
+   ``preserve_text_weight``, plus that weight times how far the adapter moves the cross-attention keys and values
+   of the preserved prompts and the empty prompt (:class:`KeyValueAnchor`; no UNet forward).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from diffusers import DDIMScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
+from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict
 from tqdm.auto import tqdm
 
@@ -155,6 +158,7 @@ def _train(pipe, family, config: EraseConfig, *, progress: bool, callback, relea
         own_config = dataclasses.replace(config, sample_with="frozen")
         own = TrajectoryBank(unet, sampler, family, uncond, preserved, own_config, generator, keeps_teacher=True) \
             if config.bank_size else Resampler(unet, sampler, family, uncond, preserved, own_config, generator)
+    anchor = KeyValueAnchor(unet, [uncond, *preserved]) if config.preserve_text_weight else None
     if config.adversarial_every:
         from .attack import Adversary  # attack.py imports this module
 
@@ -189,6 +193,8 @@ def _train(pipe, family, config: EraseConfig, *, progress: bool, callback, relea
             loss = loss + adversary.esd_term(step, x, t, i, e0, ep)
         if m:
             loss = loss + config.preserve_weight * preservation_loss(student[1], kept[0])
+        if anchor is not None:
+            loss = loss + config.preserve_text_weight * anchor.penalty()
         value = loss.item()
         if not math.isfinite(value):
             raise NonFiniteLossError(f"loss became {value} at iteration {step + 1}; nothing was written: lower "
@@ -213,6 +219,32 @@ def _release_unused(pipe) -> None:
     gc.collect()
     if pipe.unet.device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+class KeyValueAnchor:
+    """How far the adapter moves the cross-attention keys and values of some prompts: for every attn2 to_k / to_v
+    LoRA layer, ``|dW h|^2 / |W h|^2`` summed over the prompts' text embeddings ``h`` (every position, each scaled
+    to unit length so that no token, such as CLIP's start token, outweighs the others), averaged over the layers.
+    ``dW`` is the layer's LoRA delta (``B A * scale``) and ``W`` the base weight; with the embeddings'
+    second-moment matrix ``C`` computed once, each step costs one ``dW C dW^T`` per layer."""
+
+    def __init__(self, unet, texts: list[Conditioning]) -> None:
+        hidden = torch.cat([t.hidden.reshape(-1, t.hidden.shape[-1]) for t in texts]).float()
+        hidden = torch.nn.functional.normalize(hidden, dim=-1)
+        self.moment = hidden.T @ hidden / len(hidden)
+        self.layers = []
+        for name, module in unet.named_modules():
+            if isinstance(module, LoraLayer) and ADAPTER_NAME in module.lora_A and "attn2" in name.split(".") \
+                    and name.split(".attn2.")[-1] in ("to_k", "to_v"):
+                weight = module.get_base_layer().weight.detach().float()
+                self.layers.append((module, float(((weight @ self.moment) * weight).sum())))
+
+    def penalty(self) -> torch.Tensor:
+        total = 0.0
+        for module, energy in self.layers:
+            delta = module.get_delta_weight(ADAPTER_NAME).float()
+            total = total + ((delta @ self.moment) * delta).sum() / energy
+        return total / max(len(self.layers), 1)
 
 
 class Resampler:

@@ -1,3 +1,5 @@
+import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -53,3 +55,13 @@ def load_script():
         return module
 
     return load
+
+
+@pytest.fixture
+def recommending_base(tiny_dirs, tmp_path):
+    """The tiny sd1 base with a settings file that recommends a learning rate and an iteration count."""
+    folder = tmp_path / "sd1-recommending"
+    shutil.copytree(tiny_dirs["sd1"], folder)
+    (folder / "esd_lora.json").write_text(json.dumps({"erase": {"lr": 0.01, "iterations": 2, "contexts": ["a {} toy"]},
+                                                      "anchors": ["red", "blue", "a red star", "dotted"]}))
+    return folder

@@ -97,6 +97,20 @@ def test_erase_takes_contexts_and_preserved_prompts_one_per_line(app, tiny_dirs)
     assert config.preserve_at == "own"
 
 
+def test_erase_without_preservation_on_a_base_that_recommends_it(app, recommending_base):
+    def config(**more):
+        updates = list(app.erase(str(recommending_base), "red", "esd-x", "1.0", "1", "", "2", request=session(),
+                                 **more))
+        return load_adapter(updates[-1][-1]).metadata.config
+
+    assert config().preserve == ["blue", "dotted"]  # a blank box: the base's anchors, less those naming red
+    assert config(no_preserve=True).preserve == []
+    with pytest.raises(gr.Error, match="'No preservation' is ticked and the Preserve box is filled"):
+        next(app.erase(str(recommending_base), "red", "esd-x", "1.0", "1", "", "2", "", "blue", no_preserve=True,
+                       request=session()))
+    assert app.trainer.status() == "idle"
+
+
 def test_progress_bar_shows_step_and_loss():
     job = Job(owner="a", config=EraseConfig(concepts=["red"], iterations=10))
     assert '<progress max="10" value="0">' in progress_html(job)

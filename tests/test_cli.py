@@ -21,7 +21,7 @@ def test_erase_info_generate_end_to_end(tiny_dirs, tmp_path, family):
     adapter = tmp_path / f"{family}.safetensors"
     result = esd_lora("erase", "red", "blue", "--base", tiny_dirs[family], "--iterations", 2, "--ddim-steps", 3,
                       "--lr", "0.05", "--context", "a {} shape", "--preserve", "green", "--preserve-at", "own",
-                      "--out", adapter)
+                      "--preserve-text-weight", 2, "--out", adapter)
     assert result.returncode == 0, result.stderr
     assert f"wrote {adapter}" in result.stdout and adapter.is_file()
     assert "erasing" in result.stderr  # the tqdm progress bar
@@ -32,6 +32,7 @@ def test_erase_info_generate_end_to_end(tiny_dirs, tmp_path, family):
     assert info["config"]["concepts"] == ["red", "blue"] and info["config"]["iterations"] == 2
     assert info["config"]["contexts"] == ["a {} shape"]
     assert info["config"]["preserve"] == ["green"] and info["config"]["preserve_at"] == "own"
+    assert info["config"]["preserve_text_weight"] == 2.0
     assert info["family"] == ("sdxl" if family == "sdxl" else "sd1")
 
     grid = tmp_path / "grid.png"

@@ -275,6 +275,58 @@ def test_preservation_keeps_the_preserved_prompt_closer_to_the_base(sd1_pipe):
     assert drift[True] < 0.5 * drift[False], drift
 
 
+def _key_value_drift(unet, hidden):
+    """Per attn2 to_k / to_v layer of a peft-wrapped UNet: |layer(h) - base(h)|^2 / |base(h)|^2 over ``hidden``."""
+    drift = []
+    with torch.no_grad():
+        for name, module in unet.named_modules():
+            if name.endswith(("attn2.to_k", "attn2.to_v")) and hasattr(module, "base_layer"):
+                base = module.base_layer(hidden)
+                drift.append(((module(hidden) - base).pow(2).sum() / base.pow(2).sum()).item())
+    return drift
+
+
+def test_key_value_anchor_is_the_adapters_relative_change_of_the_keys_and_values(sd1_pipe):
+    from peft import LoraConfig
+
+    from esd_lora.erase import ADAPTER_NAME, KeyValueAnchor, lora_config
+
+    unet, family = sd1_pipe.unet, family_of(sd1_pipe)
+    texts = [family.encode([p]) for p in ("", "blue", "a green star")]
+    hidden = torch.cat([t.hidden for t in texts])
+    config = esd_lora.EraseConfig(concepts=["red"])
+    torch.manual_seed(0)
+    unet.add_adapter(LoraConfig(**lora_config(unet, config)), adapter_name=ADAPTER_NAME)
+    try:
+        anchor = KeyValueAnchor(unet, texts)
+        assert len(anchor.layers) == 8 and anchor.penalty().item() == 0  # to_k, to_v of 4 blocks; B starts at 0
+        with torch.no_grad():
+            for name, param in unet.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.05)
+        drift = _key_value_drift(unet, torch.nn.functional.normalize(hidden, dim=-1))  # every token counts alike
+        assert len(drift) == 8 and min(drift) > 0
+        torch.testing.assert_close(anchor.penalty().item(), sum(drift) / len(drift), rtol=1e-4, atol=0)
+        anchor.penalty().backward()  # a loss term: the gradient reaches the LoRA weights
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in unet.named_parameters() if "lora_" in n)
+    finally:
+        unet.unload_lora()
+
+
+def test_preserve_text_weight_keeps_the_preserved_keys_and_values(sd1_pipe):
+    hidden = family_of(sd1_pipe).encode(["", "blue"]).hidden
+    drift = {}
+    for weight in (0.0, 100.0):
+        def measure(step, loss):
+            if step == 8:
+                drift[weight] = max(_key_value_drift(sd1_pipe.unet, hidden))
+        adapter = esd_lora.erase(sd1_pipe, "red", method="esd-x-strict", preserve=["blue"], preserve_weight=0.0,
+                                 preserve_text_weight=weight, iterations=8, ddim_steps=3, lr=2e-2, progress=False,
+                                 callback=measure)
+        assert adapter.metadata.config.preserve_text_weight == weight
+    assert drift[100.0] < 0.2 * drift[0.0], drift
+
+
 @pytest.mark.parametrize("bank_size", [0, 2])  # a fresh trajectory every step, or a bank of them
 @pytest.mark.parametrize("sample_with", ["trained", "frozen"])
 def test_preserve_at_own_keeps_the_preserved_prompts_on_their_own_frozen_trajectories(sd1_pipe, monkeypatch,
@@ -324,19 +376,6 @@ def test_preserve_at_own_keeps_the_preserved_prompts_on_their_own_frozen_traject
         for (_, x, t, prompt), (_, teacher) in zip(own, pairs):
             expected = sd1_pipe.unet(x, t, **family_of(sd1_pipe).encode([prompt]).unet_kwargs()).sample
             torch.testing.assert_close(teacher.float(), expected.float(), atol=1e-4, rtol=1e-4)
-
-
-@pytest.fixture
-def recommending_base(tiny_dirs, tmp_path):
-    """The tiny sd1 base with a settings file that recommends a learning rate and an iteration count."""
-    import json
-    import shutil
-
-    folder = tmp_path / "sd1-recommending"
-    shutil.copytree(tiny_dirs["sd1"], folder)
-    (folder / "esd_lora.json").write_text(json.dumps({"erase": {"lr": 0.01, "iterations": 2, "contexts": ["a {} toy"]},
-                                                      "anchors": ["red", "blue", "a red star", "dotted"]}))
-    return folder
 
 
 def test_base_recommended_settings_apply_under_explicit_options(recommending_base):

@@ -77,6 +77,8 @@ def test_push_uploads_adapter_card_and_evaluation_with_lfs(hub, sd1_adapter, rep
     ({"preserve": ["blue"], "preserve_weight": 4.0}, "| preservation | weight 4, at x_t of the erased concept |"),
     ({"preserve": ["blue"], "preserve_at": "own"},
      "| preservation | weight 1, at x_t of the preserved prompts' own trajectories |"),
+    ({}, "| key / value preservation | - |"),
+    ({"preserve": ["blue"], "preserve_text_weight": 10.0}, "| key / value preservation | weight 10 |"),
 ])
 def test_the_card_says_how_the_preservation_term_was_applied(tiny_dirs, options, row):
     from esd_lora.cards import adapter_card

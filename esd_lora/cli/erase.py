@@ -54,6 +54,8 @@ def add_erase_options(p) -> None:
                    help="no preservation term, not even with the prompts the base recommends (plain ESD)")
     p.add_argument("--preserve-weight", type=float, default=None,
                    help=f"{EraseConfig.help('preserve_weight')} (default: {_default('preserve_weight')})")
+    p.add_argument("--preserve-text-weight", type=float, default=None,
+                   help=f"{EraseConfig.help('preserve_text_weight')} (default: {_default('preserve_text_weight')})")
     p.add_argument("--preserve-at", default=None, choices=PRESERVE_AT,
                    help=f"{EraseConfig.help('preserve_at')} (default: {_default('preserve_at')})")
     p.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES,
@@ -74,7 +76,7 @@ def erase_options(args) -> dict:
     options = {name: getattr(args, name) for name in (
         "method", "iterations", "lr", "lr_schedule", "rank", "alpha", "eta", "start_guidance", "ddim_steps",
         "bank_size", "refresh_every", "refresh_batch", "seed", "erase_from", "contexts", "preserve",
-        "preserve_weight", "preserve_at", "sample_with", "device", "dtype", "gradient_checkpointing", "compile",
+        "preserve_weight", "preserve_text_weight", "preserve_at", "sample_with", "device", "dtype", "gradient_checkpointing", "compile",
         "adversarial_every", "adversarial_steps")}
     if args.adversarial and options["adversarial_every"] is None:
         options["adversarial_every"] = ADVERSARIAL_EVERY
