@@ -76,7 +76,8 @@ def erase_options(args) -> dict:
     options = {name: getattr(args, name) for name in (
         "method", "iterations", "lr", "lr_schedule", "rank", "alpha", "eta", "start_guidance", "ddim_steps",
         "bank_size", "refresh_every", "refresh_batch", "seed", "erase_from", "contexts", "preserve",
-        "preserve_weight", "preserve_text_weight", "preserve_at", "sample_with", "device", "dtype", "gradient_checkpointing", "compile",
+        "preserve_weight", "preserve_text_weight", "preserve_at", "sample_with", "device", "dtype",
+        "gradient_checkpointing", "compile",
         "adversarial_every", "adversarial_steps")}
     if args.adversarial and options["adversarial_every"] is None:
         options["adversarial_every"] = ADVERSARIAL_EVERY
