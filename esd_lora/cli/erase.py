@@ -77,8 +77,7 @@ def erase_options(args) -> dict:
         "method", "iterations", "lr", "lr_schedule", "rank", "alpha", "eta", "start_guidance", "ddim_steps",
         "bank_size", "refresh_every", "refresh_batch", "seed", "erase_from", "contexts", "preserve",
         "preserve_weight", "preserve_text_weight", "preserve_at", "sample_with", "device", "dtype",
-        "gradient_checkpointing", "compile",
-        "adversarial_every", "adversarial_steps")}
+        "gradient_checkpointing", "compile", "adversarial_every", "adversarial_steps")}
     if args.adversarial and options["adversarial_every"] is None:
         options["adversarial_every"] = ADVERSARIAL_EVERY
     options = {k: v for k, v in options.items() if v is not None and v != []}  # what the user set
