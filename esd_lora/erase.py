@@ -225,8 +225,9 @@ class KeyValueAnchor:
     """How far the adapter moves the cross-attention keys and values of some prompts: for every attn2 to_k / to_v
     LoRA layer, ``|dW h|^2 / |W h|^2`` summed over the prompts' text embeddings ``h`` (every position, each scaled
     to unit length so that no token, such as CLIP's start token, outweighs the others), averaged over the layers.
-    ``dW`` is the layer's LoRA delta (``B A * scale``) and ``W`` the base weight; with the embeddings'
-    second-moment matrix ``C`` computed once, each step costs one ``dW C dW^T`` per layer."""
+    ``dW`` is the layer's LoRA delta (``B A * scale``) and ``W`` the base weight. With the embeddings'
+    second-moment matrix ``C`` computed once, ``|dW h|^2`` summed is ``scale^2 tr((A C A^T)(B^T B))``: a step
+    costs a rank x width x width product per layer, no UNet forward."""
 
     def __init__(self, unet, texts: list[Conditioning]) -> None:
         hidden = torch.cat([t.hidden.reshape(-1, t.hidden.shape[-1]) for t in texts]).float()
@@ -242,8 +243,10 @@ class KeyValueAnchor:
     def penalty(self) -> torch.Tensor:
         total = 0.0
         for module, energy in self.layers:
-            delta = module.get_delta_weight(ADAPTER_NAME).float()
-            total = total + ((delta @ self.moment) * delta).sum() / energy
+            a = module.lora_A[ADAPTER_NAME].weight.float()  # (rank, in)
+            b = module.lora_B[ADAPTER_NAME].weight.float()  # (out, rank)
+            moved = ((a @ self.moment @ a.T) * (b.T @ b)).sum() * module.scaling[ADAPTER_NAME] ** 2
+            total = total + moved / energy
         return total / max(len(self.layers), 1)
 
 
