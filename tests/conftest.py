@@ -59,7 +59,8 @@ def load_script():
 
 @pytest.fixture
 def recommending_base(tiny_dirs, tmp_path):
-    """The tiny sd1 base with a settings file that recommends a learning rate and an iteration count."""
+    """The tiny sd1 base with a settings file that recommends a learning rate, an iteration count, a context and
+    anchor prompts."""
     folder = tmp_path / "sd1-recommending"
     shutil.copytree(tiny_dirs["sd1"], folder)
     (folder / "esd_lora.json").write_text(json.dumps({"erase": {"lr": 0.01, "iterations": 2, "contexts": ["a {} toy"]},
