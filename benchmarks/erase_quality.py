@@ -20,7 +20,8 @@ own trajectories, sampled by the frozen base), ``frozen-sampler``, ``cosine`` (l
 concept preserved instead of the other concepts' names), ``contexts-eta0.5`` (``contexts`` with half the negative
 guidance: at eta 1, "striped red circle" turned into a plain blue circle, losing its stripes with its colour),
 ``kv-anchor3`` / ``kv-anchor10`` (keys and values only, ``esd-x-strict``, with the text-side preservation term at
-weight 3 / 10: the preserved prompts' and the empty prompt's cross-attention keys and values held in place).
+weight 3 / 10: the preserved prompts' and the empty prompt's cross-attention keys and values held in place),
+``kv-anchor10-contexts-eta0.5`` (``kv-anchor10`` with the contexts and eta of ``contexts-eta0.5``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ SETTINGS = {  # name -> erase options on top of the library defaults
     "contexts-eta0.5": {"contexts": "world", "eta": 0.5},
     "kv-anchor3": {"method": "esd-x-strict", "preserve_text_weight": 3.0},
     "kv-anchor10": {"method": "esd-x-strict", "preserve_text_weight": 10.0},
+    "kv-anchor10-contexts-eta0.5": {"method": "esd-x-strict", "preserve_text_weight": 10.0, "contexts": "world",
+                                    "eta": 0.5},
 }
 
 
