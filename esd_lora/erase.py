@@ -234,9 +234,10 @@ class KeyValueAnchor:
         hidden = torch.nn.functional.normalize(hidden, dim=-1)
         self.moment = hidden.T @ hidden / len(hidden)
         self.layers = []
-        for name, module in unet.named_modules():
-            if isinstance(module, LoraLayer) and ADAPTER_NAME in module.lora_A and "attn2" in name.split(".") \
-                    and name.split(".attn2.")[-1] in ("to_k", "to_v"):
+        modules = dict(unet.named_modules())
+        for name in target_modules(unet, "esd-x-strict"):  # every attn2 to_k / to_v, as the adapter wraps them
+            module = modules[name]
+            if isinstance(module, LoraLayer) and ADAPTER_NAME in module.lora_A:
                 weight = module.get_base_layer().weight.detach().float()
                 self.layers.append((module, float(((weight @ self.moment) * weight).sum())))
 
