@@ -21,12 +21,14 @@ Stages (all seeded):
 Usage::
 
     python scripts/build_bundled_base.py --out esd_lora/bundled/base
-    # continue the UNet of an earlier build, drawing the concepts it draws worst more often
+    # continue the UNet of an earlier build on the current world version, drawing the concepts it draws
+    # worst more often
     python scripts/build_bundled_base.py --resume esd_lora/bundled/base --out /tmp/base-next --seed 3 \
-        --lr 3e-4 --budget-minutes 36 --oversample dotted=2 star=1.5
+        --lr 4e-4 --budget-minutes 40 --oversample dotted=1.5 star=1.5
 
-The bundled model was built in stages (a from-scratch build, then ``--resume`` stages); each stage's settings
-and minutes on 2 CPU cores are in its ``build_info.json`` and model card (``esd_lora/bundled/base/README.md``).
+The bundled model was built in stages (a from-scratch build, then ``--resume`` stages); each stage's settings,
+world version (``--world-version``: the first stages rendered version 1, see ``world.WORLD_VERSION``) and minutes
+on 2 CPU cores are in its ``build_info.json`` and model card (``esd_lora/bundled/base/README.md``).
 The UNet runs at ~1.3-1.9 steps/s on 2 cores. ``--budget-minutes`` squeezes the UNet learning-rate schedule
 into the remaining wall-clock budget and stops it there, so a slower machine still finishes (with a weaker
 model).
@@ -476,9 +478,9 @@ def save_pipeline(out: Path, vae: AutoencoderKL, unet: UNet2DConditionModel, tex
 
 
 @torch.no_grad()
-def vae_reconstruction_accuracy(vae: AutoencoderKL, n: int, seed: int) -> dict[str, float]:
-    """Judge accuracy per dimension on VAE reconstructions of fresh renders."""
-    images, attrs = world.render_dataset(n, seed)
+def vae_reconstruction_accuracy(vae: AutoencoderKL, n: int, seed: int, version: int) -> dict[str, float]:
+    """Judge accuracy per dimension on VAE reconstructions of fresh renders of world ``version``."""
+    images, attrs = world.render_dataset(n, seed, version=version)
     rec = vae.decode(vae.encode(to_model_space(images).to(vae.device)).latent_dist.mean).sample
     rec_u8 = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     labels = judge(rec_u8)
@@ -509,6 +511,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--resume", type=Path, default=None, metavar="DIR",
                    help="continue training the UNet of an earlier build in DIR (its VAE, tokenizer and text "
                         "encoder are kept); use another --seed so the batches differ")
+    p.add_argument("--world-version", type=int, choices=world.VERSIONS, default=world.WORLD_VERSION,
+                   help="render the training images of this world version (default: the current one; "
+                        "each stage's version is in build_info.json)")
     p.add_argument("--oversample", nargs="+", default=[], metavar="CONCEPT=WEIGHT",
                    help="draw training images of these concepts more often, e.g. --oversample dotted=2 star=1.5")
     args = p.parse_args()
@@ -524,11 +529,12 @@ def main() -> None:
     gen = torch.Generator().manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
 
-    images_np, attrs = world.render_dataset(args.n_images, seed=12_345)
+    images_np, attrs = world.render_dataset(args.n_images, seed=12_345, version=args.world_version)
     images = to_model_space(images_np)
     print(f"rendered {len(images)} images in {time.time() - t0:.0f} s", flush=True)
 
-    stage = {"seed": args.seed, "threads": governor.max_threads, "images": args.n_images, "lr": args.lr}
+    stage = {"seed": args.seed, "threads": governor.max_threads, "images": args.n_images, "lr": args.lr,
+             "world_version": args.world_version}
     if args.oversample:
         stage["oversample"] = args.oversample
     if args.resume:  # keep the earlier build's VAE, tokenizer and text encoder; continue its UNet
@@ -541,6 +547,10 @@ def main() -> None:
         mean, std = encode_latents(vae, images, args.device)
         scaling = vae.config.scaling_factor
         stage["resumed_from"] = str(args.resume)
+        if args.world_version not in {s.get("world_version", 1) for s in previous["stages"]}:
+            stage["judge_accuracy_on_vae_reconstructions"] = vae_reconstruction_accuracy(
+                vae, 500, args.seed + 777, args.world_version)
+            print(f"judge accuracy on VAE reconstructions: {stage['judge_accuracy_on_vae_reconstructions']}")
     else:
         previous = {"stages": []}
         tokenizer_files = Path(tempfile.mkdtemp(prefix="bundled_tokenizer_"))
@@ -551,7 +561,8 @@ def main() -> None:
         scaling = float(1.0 / mean.std())
         vae.register_to_config(scaling_factor=scaling)
         print(f"vae done at {time.time() - t0:.0f} s; latent std {mean.std():.3f} -> scaling_factor {scaling:.4f}", flush=True)
-        stage["judge_accuracy_on_vae_reconstructions"] = vae_reconstruction_accuracy(vae, 500, args.seed + 777)
+        stage["judge_accuracy_on_vae_reconstructions"] = vae_reconstruction_accuracy(
+            vae, 500, args.seed + 777, args.world_version)
         print(f"judge accuracy on VAE reconstructions: {stage['judge_accuracy_on_vae_reconstructions']}", flush=True)
         tokens = CaptionTokens(tokenizer)
         text_encoder = pretrain_text_encoder(make_text_encoder(tokenizer), tokens, args.text_steps, 256, rng, args.device, governor)

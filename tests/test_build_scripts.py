@@ -29,3 +29,30 @@ def test_oversampled_images_are_drawn_in_proportion_to_their_weights(build):
 def test_bad_oversample_is_a_one_line_error(build, item, message):
     with pytest.raises(SystemExit, match=message):
         build.parse_oversample([item])
+
+
+def test_model_card_names_each_stage_world_version_and_oversampling(load_script, tmp_path):
+    """The card says which world each build stage rendered (build_info.json of earlier builds has no version: 1)."""
+    import argparse
+    import json
+    import shutil
+
+    import esd_lora
+
+    check = load_script("scripts/check_bundled_base.py")
+    model = tmp_path / "base"
+    shutil.copytree(esd_lora.BUNDLED_BASE, model)
+    first = {"seed": 0, "lr": 6e-4, "vae_steps": 2000, "text_steps": 200, "minutes": 50.0, "unet_steps": 3130}
+    resumed = {"seed": 3, "lr": 4e-4, "resumed_from": "/tmp/b", "world_version": 2, "oversample": {"dotted": 1.5},
+               "judge_accuracy_on_vae_reconstructions": {"pattern": 0.97}, "minutes": 40.0, "unet_steps": 2400}
+    info = {"build_minutes": 90.0, "unet_steps": 5530, "stages": [first, resumed]}
+    (model / "build_info.json").write_text(json.dumps(info))
+    scores = {"red": {"train": 1.0, "held-out": 0.5}}
+    check.write_card(model, scores, argparse.Namespace(n=32, steps=25, guidance=5.0))
+    card = (model / "README.md").read_text()
+    stages = [line for line in card.splitlines() if line.startswith("- ") and "UNet" in line]
+    assert len(stages) == 2
+    assert "from scratch" in stages[0] and "world version 1," in stages[0] and "judge accuracy" not in stages[0]
+    assert "`--resume`" in stages[1] and "world version 2 (judge accuracy" in stages[1]
+    assert "`--oversample` {'dotted': 1.5}" in stages[1]
+    assert "| red | 100% | 50% |" in card

@@ -65,3 +65,23 @@ def test_bundled_pipeline_loads_and_generates() -> None:
         output_type="pil",
     ).images
     assert out[0].size == (32, 32)
+
+
+def test_judge_trains_on_the_world_versions_asked_for(monkeypatch) -> None:
+    """The shipped judge's data set is the current world's; ``versions`` splits it over several, in equal parts."""
+    from esd_lora.bundled import judge as judge_module
+
+    calls = []
+    render = world.render_dataset
+
+    def recording(n, seed, version=world.WORLD_VERSION):
+        calls.append((n, version))
+        return render(n, seed, version=version)
+
+    monkeypatch.setattr(world, "render_dataset", recording)
+    judge_module.train_judge(n_images=8, steps=1, batch_size=4)
+    assert calls == [(8, world.WORLD_VERSION)]
+    calls.clear()
+    net = judge_module.train_judge(n_images=8, steps=1, batch_size=4, versions=world.VERSIONS)
+    assert calls == [(8 // len(world.VERSIONS), v) for v in world.VERSIONS]
+    assert not net.training

@@ -37,6 +37,33 @@ def test_render_dataset_is_deterministic() -> None:
     assert np.array_equal(x1, x2) and a1 == a2
 
 
+@pytest.mark.parametrize("pattern", world.CONCEPTS["pattern"])
+def test_world_versions_differ_only_in_the_dots(pattern: str) -> None:
+    """Every version draws the same scene from the same seed; only dotted scenes change, and their dots grow."""
+    images = {v: world.render_dataset(40, seed=21, version=v)[0] for v in world.VERSIONS}
+    rendered = [world.render_array("circle", "blue", pattern, np.random.default_rng(4), version=v)
+                for v in world.VERSIONS]
+    if pattern != "dotted":
+        assert all(np.array_equal(rendered[0], r) for r in rendered[1:])
+        return
+    # on a dark-patterned blue circle the dots are the dark pixels inside the shape: version 2's dots cover more
+    dark = [int((r[..., 2] < 0.6 * r[..., 2].max()).sum()) for r in rendered]
+    assert dark == sorted(dark) and dark[0] < dark[-1]
+    _, attrs = world.render_dataset(40, seed=21)
+    same = [a[2] != "dotted" for a in attrs]
+    assert any(a[2] == "dotted" for a in attrs)
+    for v in world.VERSIONS[1:]:
+        assert np.array_equal(images[v][same], images[world.VERSIONS[0]][same])
+        assert not np.array_equal(images[v], images[world.VERSIONS[0]])
+    assert world.WORLD_VERSION in world.VERSIONS
+
+
+@pytest.mark.parametrize("version", [0, 3, -1])
+def test_unknown_world_version_is_refused(version: int) -> None:
+    with pytest.raises(ValueError, match="unknown world version"):
+        world.render_dataset(1, seed=0, version=version)
+
+
 def test_backgrounds_are_achromatic() -> None:
     images, _ = world.render_dataset(200, seed=11)
     corners = images[:, [0, 0, -1, -1], [0, -1, 0, -1]].reshape(-1, 3).astype(int)

@@ -11,7 +11,7 @@ Usage::
     from esd_lora.bundled.judge import judge
     labels = judge(images)   # [{"shape": "star", "colour": "red", "pattern": "solid"}, ...]
 
-Rebuild the weights (about 3 minutes on 2 CPU cores)::
+Rebuild the weights (3 to 10 minutes on 2 CPU cores)::
 
     python -m esd_lora.bundled.judge
 """
@@ -151,11 +151,19 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x.clamp(-1.0, 1.0)
 
 
-def train_judge(n_images: int = 40_000, steps: int = 2_500, batch_size: int = 128, seed: int = TRAIN_SEED) -> JudgeNet:
-    """Train a fresh :class:`JudgeNet` on renders of the concept world."""
+def train_judge(n_images: int = 40_000, steps: int = 2_500, batch_size: int = 128, seed: int = TRAIN_SEED,
+                versions: Sequence[int] = (world.WORLD_VERSION,)) -> JudgeNet:
+    """Train a fresh :class:`JudgeNet` on renders of the concept world (``versions``: which world versions, in
+    equal parts; the shipped judge saw the current one only)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    images, attrs = world.render_dataset(n_images, seed)
+    if list(versions) == [world.WORLD_VERSION]:  # the shipped judge's data set, as it was drawn
+        images, attrs = world.render_dataset(n_images, seed)
+    else:
+        parts = [world.render_dataset(n_images // len(versions), seed + v, version=v) for v in versions]
+        images = np.concatenate([x for x, _ in parts])
+        attrs = [a for _, part in parts for a in part]
+        n_images = len(images)
     x_all = to_tensor(images)
     y_all = _labels(attrs)
     net = JudgeNet()
@@ -175,9 +183,9 @@ def train_judge(n_images: int = 40_000, steps: int = 2_500, batch_size: int = 12
 
 
 @torch.no_grad()
-def accuracy(n_images: int, seed: int) -> dict[str, float]:
-    """Per-dimension accuracy of the bundled judge on ``n_images`` fresh renders."""
-    images, attrs = world.render_dataset(n_images, seed)
+def accuracy(n_images: int, seed: int, version: int = world.WORLD_VERSION) -> dict[str, float]:
+    """Per-dimension accuracy of the bundled judge on ``n_images`` fresh renders of world ``version``."""
+    images, attrs = world.render_dataset(n_images, seed, version=version)
     preds = judge(images)
     return {d: float(np.mean([p[d] == a[j] for p, a in zip(preds, attrs)])) for j, d in enumerate(world.DIMENSIONS)}
 
@@ -189,7 +197,8 @@ def main() -> None:
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(WEIGHTS_PATH))
     load_judge.cache_clear()
     print(f"saved {WEIGHTS_PATH} in {time.time() - t0:.0f} s")
-    print("accuracy on 2000 fresh renders:", accuracy(2_000, seed=987_654))
+    for version in world.VERSIONS:
+        print(f"accuracy on 2000 fresh renders of world version {version}:", accuracy(2_000, 987_654, version))
 
 
 if __name__ == "__main__":
