@@ -27,9 +27,9 @@ Usage::
         --lr 4e-4 --budget-minutes 40 --oversample dotted=1.5 star=1.5
 
 The bundled model was built in stages (a from-scratch build, then ``--resume`` stages); each stage's settings,
-world version (``--world-version``: the first stages rendered version 1, see ``world.WORLD_VERSION``) and minutes
-on 2 CPU cores are in its ``build_info.json`` and model card (``esd_lora/bundled/base/README.md``).
-The UNet runs at ~1.3-1.9 steps/s on 2 cores. ``--budget-minutes`` squeezes the UNet learning-rate schedule
+world version (``--world-version``; the shipped base's stages all rendered version 1, see ``world.WORLD_VERSION``)
+and minutes on 2 CPU cores are in its ``build_info.json`` and model card (``esd_lora/bundled/base/README.md``).
+The UNet runs at ~1.0-1.9 steps/s on 2 cores. ``--budget-minutes`` squeezes the UNet learning-rate schedule
 into the remaining wall-clock budget and stops it there, so a slower machine still finishes (with a weaker
 model).
 """
