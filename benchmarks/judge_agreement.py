@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -67,7 +68,12 @@ def main() -> None:
         p.error("--n must be at least 1")
     if args.judge_seed == 1_000:
         p.error("--judge-seed 1000 is the shipped judge's own seed; pick another")
-    second = second_judge(args.judge_seed, args.judge)
+    if args.judge is not None and not args.judge.is_file() and not args.judge.parent.is_dir():
+        p.error(f"--judge {args.judge}: its folder does not exist; create it or pick another path")
+    try:
+        second = second_judge(args.judge_seed, args.judge)
+    except (SafetensorError, RuntimeError, OSError, ValueError) as err:  # a file that holds no judge weights
+        p.error(f"--judge {args.judge}: not the weights of a bundled judge ({str(err).splitlines()[0]})")
     pipe = load_pipeline(args.base, device="cpu")
     pipe.set_progress_bar_config(disable=True)
     print(f"| concept | split | shipped judge | seed {args.judge_seed} judge | disagree |")

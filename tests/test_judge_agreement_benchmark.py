@@ -42,3 +42,19 @@ def test_second_judge_is_loaded_from_its_file_without_training(bench, tmp_path, 
     net = bench.second_judge(7, path)
     x = torch.zeros(1, 3, 32, 32)
     assert torch.equal(net(x)["shape"], load_judge()(x)["shape"])
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: (d / "bad.safetensors").write_bytes(b"x"), "not the weights of a bundled judge"),
+    (lambda d: save_file({"a": torch.zeros(1)}, str(d / "bad.safetensors")), "not the weights of a bundled judge"),
+    (lambda d: None, "its folder does not exist"),
+])
+def test_bad_judge_file_is_a_one_line_error(bench, tmp_path, monkeypatch, capsys, make, message):
+    make(tmp_path)
+    path = tmp_path / "bad.safetensors" if message != "its folder does not exist" else tmp_path / "no" / "j.st"
+    monkeypatch.setattr("sys.argv", ["judge_agreement.py", "--judge", str(path)])
+    monkeypatch.setattr(bench, "train_judge", lambda **_: pytest.fail("trained a judge for a bad --judge"))
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main()
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
