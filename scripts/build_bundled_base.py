@@ -547,10 +547,6 @@ def main() -> None:
         mean, std = encode_latents(vae, images, args.device)
         scaling = vae.config.scaling_factor
         stage["resumed_from"] = str(args.resume)
-        if args.world_version not in {s.get("world_version", 1) for s in previous["stages"]}:
-            stage["judge_accuracy_on_vae_reconstructions"] = vae_reconstruction_accuracy(
-                vae, 500, args.seed + 777, args.world_version)
-            print(f"judge accuracy on VAE reconstructions: {stage['judge_accuracy_on_vae_reconstructions']}")
     else:
         previous = {"stages": []}
         tokenizer_files = Path(tempfile.mkdtemp(prefix="bundled_tokenizer_"))
@@ -561,15 +557,16 @@ def main() -> None:
         scaling = float(1.0 / mean.std())
         vae.register_to_config(scaling_factor=scaling)
         print(f"vae done at {time.time() - t0:.0f} s; latent std {mean.std():.3f} -> scaling_factor {scaling:.4f}", flush=True)
-        stage["judge_accuracy_on_vae_reconstructions"] = vae_reconstruction_accuracy(
-            vae, 500, args.seed + 777, args.world_version)
-        print(f"judge accuracy on VAE reconstructions: {stage['judge_accuracy_on_vae_reconstructions']}", flush=True)
         tokens = CaptionTokens(tokenizer)
         text_encoder = pretrain_text_encoder(make_text_encoder(tokenizer), tokens, args.text_steps, 256, rng, args.device, governor)
         print(f"text encoder done at {time.time() - t0:.0f} s", flush=True)
         stage.update(vae_steps=args.vae_steps, text_steps=args.text_steps, vae_scaling_factor=round(scaling, 4))
         start_unet = None
 
+    if args.world_version not in {s.get("world_version", 1) for s in previous["stages"]}:  # a new VAE or world
+        stage["judge_accuracy_on_vae_reconstructions"] = vae_reconstruction_accuracy(
+            vae, 500, args.seed + 777, args.world_version)
+        print(f"judge accuracy on VAE reconstructions: {stage['judge_accuracy_on_vae_reconstructions']}", flush=True)
     budget_s = 60 * args.budget_minutes - (time.time() - t0) if args.budget_minutes else math.inf
     latents = (mean * scaling, std * scaling)
     unet = train_unet(latents, attrs, CaptionTokens(tokenizer), text_encoder, args, gen, rng, governor, budget_s, start_unet)

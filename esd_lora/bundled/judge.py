@@ -157,13 +157,12 @@ def train_judge(n_images: int = 40_000, steps: int = 2_500, batch_size: int = 12
     equal parts; the shipped judge saw the current one only)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    if list(versions) == [world.WORLD_VERSION]:  # the shipped judge's data set, as it was drawn
-        images, attrs = world.render_dataset(n_images, seed)
-    else:
-        parts = [world.render_dataset(n_images // len(versions), seed + v, version=v) for v in versions]
-        images = np.concatenate([x for x, _ in parts])
-        attrs = [a for _, part in parts for a in part]
-        n_images = len(images)
+    # the current version's part is drawn from ``seed`` itself: alone, it is the shipped judge's data set
+    parts = [world.render_dataset(n_images // len(versions), seed + v - world.WORLD_VERSION, version=v)
+             for v in versions]
+    images = np.concatenate([x for x, _ in parts])
+    attrs = [a for _, part in parts for a in part]
+    n_images = len(images)
     x_all = to_tensor(images)
     y_all = _labels(attrs)
     net = JudgeNet()
