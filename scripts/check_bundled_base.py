@@ -56,7 +56,7 @@ minutes in all on 2 CPU cores, {{ info.unet_steps }} UNet steps:
 - {% if st.resumed_from %}`--resume` (seed {{ st.seed }}, lr {{ st.lr }}{% if st.oversample %}, `--oversample` {{ st.oversample }}{% endif %}){% else %}from scratch (seed {{ st.seed }}, lr {{ st.lr }}): VAE {{ st.vae_steps }} steps, text encoder pretraining {{ st.text_steps }} steps{% endif %}, world version {{ st.world_version | default(1) }}{% if st.judge_accuracy_on_vae_reconstructions %} (judge accuracy on the VAE's reconstructions of it: {{ st.judge_accuracy_on_vae_reconstructions }}){% endif %}, UNet {{ st.unet_steps }} steps, {{ st.minutes }} min
 {% endfor %}
 Each stage renders its training images from the world version it names (`--world-version`; the versions differ
-only in the dots of `dotted`: radius 1.8 pixels in version 1, 2.3 in version 2, see `world.WORLD_VERSION`).
+only in how patterns are drawn: `world.PATTERN_GEOMETRY`, and `world.WORLD_VERSION` for what each is).
 
 The text encoder is first taught to write the caption's shape / colour / pattern into every position from the end
 token on (linear heads, then thrown away) and then frozen: trained jointly from scratch, the ~70 padding positions

@@ -38,30 +38,49 @@ def test_render_dataset_is_deterministic() -> None:
 
 
 @pytest.mark.parametrize("pattern", world.CONCEPTS["pattern"])
-def test_world_versions_differ_only_in_the_dots(pattern: str) -> None:
-    """Every version draws the same scene from the same seed; only dotted scenes change, and their dots grow."""
-    rendered = [world.render_array("circle", "blue", pattern, np.random.default_rng(4), version=v)
-                for v in world.VERSIONS]
-    if pattern != "dotted":
-        assert all(np.array_equal(rendered[0], r) for r in rendered[1:])
-        return
-    # on a dark-patterned blue circle the dots are the dark pixels inside the shape: version 2's dots cover more
-    dark = [int((r[..., 2] < 0.6 * r[..., 2].max()).sum()) for r in rendered]
-    assert dark == sorted(dark) and dark[0] < dark[-1]
-    images = {v: world.render_dataset(40, seed=21, version=v)[0] for v in world.VERSIONS}
-    _, attrs = world.render_dataset(40, seed=21)  # the same scenes for every version
-    same = [a[2] != "dotted" for a in attrs]
-    assert any(a[2] == "dotted" for a in attrs)
-    for v in world.VERSIONS[1:]:
-        assert np.array_equal(images[v][same], images[world.VERSIONS[0]][same])
-        assert not np.array_equal(images[v], images[world.VERSIONS[0]])
+def test_world_versions_differ_only_in_the_patterns(pattern: str) -> None:
+    """Every version draws the same scene from the same seed: solid scenes are identical, and a patterned scene
+    keeps its background, silhouette and colour (only the pattern inside the shape changes)."""
+    rendered = {v: world.render_array("circle", "blue", pattern, np.random.default_rng(4), version=v).astype(int)
+                for v in world.VERSIONS}
+    first = rendered[world.VERSIONS[0]]
+    solid = world.render_array("circle", "blue", "solid", np.random.default_rng(4)).astype(int)
+    blueness = solid[..., 2] - solid[..., :2].max(axis=-1)  # the background is grey
+    grey = np.pad(blueness < 8, 1, constant_values=True)
+    outside = np.all([grey[1 + dy:33 + dy, 1 + dx:33 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)
+    inside = blueness > 60  # ``outside`` leaves out the anti-aliased edge, where the pattern shows too
+    assert 0.2 < outside.mean() < 0.9 and 0.2 < inside.mean() < 0.9
+    for image in rendered.values():
+        if pattern == "solid":
+            assert np.array_equal(image, first)
+        assert np.array_equal(image[outside], first[outside])
+        assert (image.argmax(axis=-1)[inside] == 2).all()  # still blue
+    if pattern == "dotted":  # version 2's dots are bigger than version 1's
+        dark = [int((rendered[v][..., 2] < 0.6 * rendered[v][..., 2].max()).sum()) for v in (1, 2)]
+        assert dark[0] < dark[1]
     assert world.WORLD_VERSION in world.VERSIONS
 
 
-@pytest.mark.parametrize("version", [0, 3, -1])
-def test_unknown_world_version_is_refused(version: int) -> None:
-    with pytest.raises(ValueError, match="unknown world version"):
-        world.render_dataset(1, seed=0, version=version)
+@pytest.mark.parametrize("pattern", ["striped", "dotted", "checkered"])
+def test_grid_locked_patterns_repeat_in_every_latent_cell(pattern: str) -> None:
+    """Version 3 locks a 4-pixel pattern to the image grid: every 4x4 cell (one latent pixel) holds the same
+    pattern whatever the scene's random draws, so the model can draw it like a colour."""
+    size = world.IMAGE_SIZE * 4
+    masks = [world._pattern_mask(pattern, np.random.default_rng(seed), size, 3) for seed in range(6)]
+    for mask in masks:
+        cells = mask.reshape(8, 16, 8, 16).transpose(0, 2, 1, 3).reshape(64, 16, 16)
+        assert 0.1 < mask.mean() < 0.6
+        assert (cells == cells[0]).all()
+    # striped runs along one axis or the other; the rest of the draw does not move the pattern
+    assert len({m.tobytes() for m in masks}) == (2 if pattern == "striped" else 1)
+    old = [world._pattern_mask(pattern, np.random.default_rng(seed), size, 1) for seed in range(6)]
+    assert len({m.tobytes() for m in old}) == 6  # version 1 draws its phase at random
+
+
+def test_unknown_world_version_is_refused() -> None:
+    for version in (0, max(world.VERSIONS) + 1, -1):
+        with pytest.raises(ValueError, match="unknown world version"):
+            world.render_dataset(1, seed=0, version=version)
 
 
 def test_backgrounds_are_achromatic() -> None:

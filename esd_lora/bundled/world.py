@@ -45,7 +45,7 @@ import colorsys
 import itertools
 import math
 import re
-from typing import Iterable, Literal
+from typing import Iterable, Literal, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -116,17 +116,34 @@ TEMPLATES_HELD_OUT: list[str] = [
 Split = Literal["train", "held-out", "all"]
 
 _HUES: dict[str, float] = {"red": 0.0, "yellow": 55.0, "green": 125.0, "blue": 225.0}
-_PATTERN_PERIOD = 7.0
-
 WORLD_VERSION = 1
-"""The world the bundled base and the judge were trained on. Versions differ only in the dots of ``dotted``:
-version 1 draws dots of radius 1.8 pixels (a fifth of the shape), version 2 of radius 2.3 (a third), for a rebuild
-of the base that draws dotted more reliably (``scripts/build_bundled_base.py --world-version 2``; tried, not
-adopted: README, "The bundled base model"). Every version draws the same scene from the same random numbers, so a
-build stage of any version can be re-run as it was (its ``build_info.json`` records the version)."""
+"""The world the bundled base and the judge were trained on. Versions differ only in how patterns are drawn
+(:data:`PATTERN_GEOMETRY`); every version draws the same scene from the same random numbers, so a build stage of any
+version can be re-run as it was (its ``build_info.json`` records the version):
 
-_DOT_RADIUS: dict[int, float] = {1: 1.8, 2: 2.3}
-VERSIONS: tuple[int, ...] = tuple(sorted(_DOT_RADIUS))
+* 1: a 7-pixel period at a random phase, dots of radius 1.8 pixels (a fifth of the shape);
+* 2: as 1 with dots of radius 2.3 (a third of the shape); tried for a rebuild, not adopted;
+* 3: a 4-pixel period locked to the 4-pixel grid of the autoencoder's 8x8 latents (2-pixel stripes and checks,
+  one dot per cell), so that a pattern is the same in every latent pixel it covers, as a colour is.
+
+README, "The bundled base model", has what each was measured to do."""
+
+
+class PatternGeometry(NamedTuple):
+    """How a world version draws patterns: ``period`` in pixels, the dots' radius, and whether the phase is locked
+    to the image grid (else drawn at random)."""
+
+    period: float
+    dot_radius: float
+    grid_locked: bool
+
+
+PATTERN_GEOMETRY: dict[int, PatternGeometry] = {
+    1: PatternGeometry(7.0, 1.8, False),
+    2: PatternGeometry(7.0, 2.3, False),
+    3: PatternGeometry(4.0, 1.0, True),
+}
+VERSIONS: tuple[int, ...] = tuple(sorted(PATTERN_GEOMETRY))
 
 
 def concept_dimension(concept: str) -> str:
@@ -228,8 +245,11 @@ def _pattern_mask(pattern: str, rng: np.random.Generator, size: int, version: in
     """Return a {0, 1} mask where the pattern's secondary tone is painted."""
     coords = (np.arange(size, dtype=np.float32) + 0.5) * (IMAGE_SIZE / size)
     yy, xx = np.meshgrid(coords, coords, indexing="ij")
-    p = _PATTERN_PERIOD
-    ox, oy = rng.uniform(0.0, p, size=2)
+    geometry = PATTERN_GEOMETRY[version]
+    p = geometry.period
+    ox, oy = rng.uniform(0.0, p, size=2)  # drawn in every version, so that the rest of the scene is the same
+    if geometry.grid_locked:
+        ox = oy = 0.0
     if pattern == "solid":
         return np.zeros((size, size), dtype=np.float32)
     if pattern == "striped":
@@ -238,7 +258,7 @@ def _pattern_mask(pattern: str, rng: np.random.Generator, size: int, version: in
     if pattern == "dotted":
         dx = (xx + ox) % p - p / 2
         dy = (yy + oy) % p - p / 2
-        return (dx * dx + dy * dy < _DOT_RADIUS[version] ** 2).astype(np.float32)
+        return (dx * dx + dy * dy < geometry.dot_radius ** 2).astype(np.float32)
     if pattern == "checkered":
         return ((((xx + ox) // (p / 2)) + ((yy + oy) // (p / 2))) % 2).astype(np.float32)
     raise KeyError(f"unknown pattern {pattern!r}")
