@@ -25,6 +25,9 @@ Usage::
     # worst more often
     python scripts/build_bundled_base.py --resume esd_lora/bundled/base --out /tmp/base-next --seed 3 \
         --lr 4e-4 --budget-minutes 40 --oversample dotted=1.5 star=1.5
+    # from scratch on world version 3, the VAE's reconstructions judged by a judge of that version
+    python -m esd_lora.bundled.judge --world-version 3 --out /tmp/judge-v3.safetensors
+    python scripts/build_bundled_base.py --out /tmp/base-v3 --world-version 3 --judge /tmp/judge-v3.safetensors
 
 The bundled model was built in stages (a from-scratch build, then ``--resume`` stages); each stage's settings,
 world version (``--world-version``; the shipped base's stages all rendered version 1, see ``world.WORLD_VERSION``)
@@ -59,7 +62,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
 from esd_lora.bundled import world  # noqa: E402
-from esd_lora.bundled.judge import judge  # noqa: E402
+from esd_lora.bundled.judge import WEIGHTS_PATH, judge, weights_from  # noqa: E402
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MAX_LENGTH = 77
@@ -514,10 +517,18 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--world-version", type=int, choices=world.VERSIONS, default=world.WORLD_VERSION,
                    help="render the training images of this world version (default: the current one; "
                         "each stage's version is in build_info.json)")
+    p.add_argument("--judge", type=Path, default=None, metavar="FILE",
+                   help="judge the VAE's reconstructions with these weights, a judge of --world-version (python -m "
+                        "esd_lora.bundled.judge --world-version V --out FILE; default: the bundled judge)")
     p.add_argument("--oversample", nargs="+", default=[], metavar="CONCEPT=WEIGHT",
                    help="draw training images of these concepts more often, e.g. --oversample dotted=2 star=1.5")
     args = p.parse_args()
     args.oversample = parse_oversample(args.oversample)
+    if args.judge is not None and not args.judge.is_file():
+        p.error(f"--judge {args.judge}: no such file; train one with python -m esd_lora.bundled.judge --out FILE")
+    if args.judge is None and args.world_version != world.WORLD_VERSION:
+        print(f"note: the bundled judge was trained on world version {world.WORLD_VERSION}; --judge FILE measures "
+              f"the VAE's reconstructions of version {args.world_version} with a judge of that version", flush=True)
     return args
 
 
@@ -564,8 +575,11 @@ def main() -> None:
         start_unet = None
 
     if args.world_version not in {s.get("world_version", 1) for s in previous["stages"]}:  # a new VAE or world
-        stage["judge_accuracy_on_vae_reconstructions"] = vae_reconstruction_accuracy(
-            vae, 500, args.seed + 777, args.world_version)
+        if args.judge:
+            stage["judge"] = args.judge.name
+        with weights_from(args.judge or WEIGHTS_PATH):
+            stage["judge_accuracy_on_vae_reconstructions"] = vae_reconstruction_accuracy(
+                vae, 500, args.seed + 777, args.world_version)
         print(f"judge accuracy on VAE reconstructions: {stage['judge_accuracy_on_vae_reconstructions']}", flush=True)
     budget_s = 60 * args.budget_minutes - (time.time() - t0) if args.budget_minutes else math.inf
     latents = (mean * scaling, std * scaling)

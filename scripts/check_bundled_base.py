@@ -8,6 +8,8 @@ judged as the prompted concept is printed as a table. The bar of the project: >=
 Usage::
 
     python scripts/check_bundled_base.py --n 64 --steps 25 --guidance 5 [--model DIR] [--json F] [--grid F] [--card]
+    # a model built on another world version, judged by a judge of that version
+    python scripts/check_bundled_base.py --model DIR --judge judge-v3.safetensors --n 32
 
 ``--card`` (re)writes the model card ``README.md`` of the model folder with the measured table and the build facts
 of its ``build_info.json``.
@@ -27,6 +29,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from huggingface_hub import ModelCard, ModelCardData  # noqa: E402
 
 from esd_lora import BUNDLED_BASE, evaluate  # noqa: E402
+from esd_lora.bundled.judge import WEIGHTS_PATH, weights_from  # noqa: E402
 
 CARD = """---
 {{ card_data }}
@@ -121,10 +124,18 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None, help="also write the scores to this file")
     p.add_argument("--grid", type=Path, default=None, help="also save a PNG with samples of every concept")
     p.add_argument("--card", action="store_true", help="(re)write the model folder's README.md with these scores")
+    p.add_argument("--judge", type=Path, default=None, metavar="FILE",
+                   help="judge with these weights, for a model built on another world version (python -m "
+                        "esd_lora.bundled.judge --world-version V --out FILE; default: the bundled judge)")
     args = p.parse_args()
+    if args.judge is not None and not args.judge.is_file():
+        p.error(f"--judge {args.judge}: no such file; train one with python -m esd_lora.bundled.judge --out FILE")
+    if args.judge is not None and args.card:
+        p.error("--card writes the bundled judge's figures; leave out --judge")
     start = time.time()
-    report = evaluate(args.model, n=args.n, steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
-                      device=args.device, dtype="fp32")
+    with weights_from(args.judge or WEIGHTS_PATH):
+        report = evaluate(args.model, n=args.n, steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
+                          device=args.device, dtype="fp32")
     scores = {r.concept: {} for r in report.rows}
     for r in report.rows:
         scores[r.concept][r.split] = r.base

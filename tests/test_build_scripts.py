@@ -1,4 +1,4 @@
-"""The bundled base's build script: oversampling of chosen concepts (its helpers; a build takes an hour)."""
+"""The bundled base's build and check scripts: their helpers and bad input (a build takes an hour)."""
 
 import pytest
 import torch
@@ -56,3 +56,24 @@ def test_model_card_names_each_stage_world_version_and_oversampling(load_script,
     assert "`--resume`" in stages[1] and "world version 2 (judge accuracy" in stages[1]
     assert "`--oversample` {'dotted': 1.5}" in stages[1]
     assert "| red | 100% | 50% |" in card
+
+
+@pytest.mark.parametrize("script", ["scripts/build_bundled_base.py", "scripts/check_bundled_base.py"])
+def test_judge_file_that_is_not_there_is_a_one_line_error(load_script, monkeypatch, capsys, tmp_path, script):
+    module = load_script(script)
+    monkeypatch.setattr("sys.argv", [script, "--judge", str(tmp_path / "judge-v3.safetensors")])
+    with pytest.raises(SystemExit) as exit_info:
+        module.parse_args() if hasattr(module, "parse_args") else module.main()
+    assert exit_info.value.code == 2
+    assert "judge-v3.safetensors: no such file; train one with python -m esd_lora.bundled.judge" in capsys.readouterr().err
+
+
+def test_check_script_writes_no_card_from_another_judge(load_script, monkeypatch, capsys, tmp_path):
+    from esd_lora.bundled.judge import WEIGHTS_PATH
+
+    check = load_script("scripts/check_bundled_base.py")
+    monkeypatch.setattr(check, "evaluate", lambda *a, **k: pytest.fail("measured before refusing"))
+    monkeypatch.setattr("sys.argv", ["check", "--judge", str(WEIGHTS_PATH), "--card", "--model", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:
+        check.main()
+    assert exit_info.value.code == 2 and "--card writes the bundled judge's figures" in capsys.readouterr().err

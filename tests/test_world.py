@@ -62,17 +62,23 @@ def test_world_versions_differ_only_in_the_patterns(pattern: str) -> None:
 
 
 @pytest.mark.parametrize("pattern", ["striped", "dotted", "checkered"])
-def test_grid_locked_patterns_repeat_in_every_latent_cell(pattern: str) -> None:
-    """Version 3 locks a 4-pixel pattern to the image grid: every 4x4 cell (one latent pixel) holds the same
-    pattern whatever the scene's random draws, so the model can draw it like a colour."""
-    size = world.IMAGE_SIZE * 4
-    masks = [world._pattern_mask(pattern, np.random.default_rng(seed), size, 3) for seed in range(6)]
+def test_grid_locked_patterns_fill_whole_latent_cells(pattern: str) -> None:
+    """Version 3 locks its 8-pixel patterns to the 4-pixel grid of the 8x8 latents: every 4x4 cell (one latent
+    pixel) is one tone, or holds one whole dot, and the random draws pick one of two phases per axis."""
+    size = world.IMAGE_SIZE * 4  # the supersampled canvas: a cell is 16x16 samples
+    masks = [world._pattern_mask(pattern, np.random.default_rng(seed), size, 3) for seed in range(12)]
     for mask in masks:
-        cells = mask.reshape(8, 16, 8, 16).transpose(0, 2, 1, 3).reshape(64, 16, 16)
-        assert 0.1 < mask.mean() < 0.6
-        assert (cells == cells[0]).all()
-    # striped runs along one axis or the other; the rest of the draw does not move the pattern
-    assert len({m.tobytes() for m in masks}) == (2 if pattern == "striped" else 1)
+        cells = mask.reshape(8, 16, 8, 16).transpose(0, 2, 1, 3).reshape(64, 16 * 16)
+        kinds = {cell.tobytes() for cell in cells}
+        assert len(kinds) == 2, "a cell is empty or holds the pattern's one kind of content"
+        full = cells.mean(axis=1)
+        share = {"striped": 0.5, "checkered": 0.5, "dotted": 0.25}[pattern]  # of the cells holding the pattern
+        assert (full > 0).mean() == share
+        if pattern == "dotted":  # a whole dot, centred in its cell: round, touching the cell's edges
+            dot = cells[full.argmax()].reshape(16, 16)
+            assert dot[8, 0] == dot[8, 15] == dot[0, 8] == 1 and dot[0, 0] == 0 and 0.7 < dot.mean() < 0.85
+    phases = {m.tobytes() for m in masks}
+    assert len(phases) == {"striped": 4, "dotted": 4, "checkered": 2}[pattern]  # striped: 2 axes x 2 phases
     old = [world._pattern_mask(pattern, np.random.default_rng(seed), size, 1) for seed in range(6)]
     assert len({m.tobytes() for m in old}) == 6  # version 1 draws its phase at random
 

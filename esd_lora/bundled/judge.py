@@ -14,15 +14,20 @@ Usage::
 Rebuild the weights (3 to 10 minutes on 2 CPU cores)::
 
     python -m esd_lora.bundled.judge
+    # a judge for another world version, to measure a base built on it (scripts/check_bundled_base.py --judge)
+    python -m esd_lora.bundled.judge --world-version 3 --out judge-v3.safetensors
 """
 
 from __future__ import annotations
 
+import argparse
 import math
+import os
 import time
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -74,12 +79,32 @@ def to_tensor(images: Sequence[Image.Image] | np.ndarray | torch.Tensor) -> torc
     return x / 127.5 - 1.0
 
 
-@lru_cache(maxsize=1)
-def load_judge() -> JudgeNet:
-    """Load the bundled judge weights (cached)."""
+_weights = [WEIGHTS_PATH]  # the file judge() uses: the bundled one unless inside ``weights_from``
+
+
+@lru_cache(maxsize=4)
+def _load(path: str) -> JudgeNet:
     net = JudgeNet()
-    net.load_state_dict({k: v.float() for k, v in load_file(str(WEIGHTS_PATH)).items()})
+    net.load_state_dict({k: v.float() for k, v in load_file(path).items()})
     return net.eval()
+
+
+def load_judge() -> JudgeNet:
+    """Load the judge weights in use (cached): the bundled ones, or those of :func:`weights_from`."""
+    return _load(str(_weights[-1]))
+
+
+@contextmanager
+def weights_from(path: str | os.PathLike) -> Iterator[JudgeNet]:
+    """Judge with the weights in ``path`` (say, a judge trained on another world version) inside the block;
+    :func:`judge`, and so ``esd_lora.evaluate``, use them. The file is loaded first: one that holds no judge
+    weights raises here."""
+    net = _load(str(path))
+    _weights.append(Path(path))
+    try:
+        yield net
+    finally:
+        _weights.pop()
 
 
 @torch.no_grad()
@@ -157,9 +182,9 @@ def train_judge(n_images: int = 40_000, steps: int = 2_500, batch_size: int = 12
     equal parts; the shipped judge saw the current one only)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    # the current version's part is drawn from ``seed`` itself: alone, it is the shipped judge's data set
-    parts = [world.render_dataset(n_images // len(versions), seed + v - world.WORLD_VERSION, version=v)
-             for v in versions]
+    # the first version's part is drawn from ``seed`` itself: one version alone is the data set of the judge
+    # trained on it (the shipped judge's, for the current one)
+    parts = [world.render_dataset(n_images // len(versions), seed + i, version=v) for i, v in enumerate(versions)]
     images = np.concatenate([x for x, _ in parts])
     attrs = [a for _, part in parts for a in part]
     n_images = len(images)
@@ -189,15 +214,25 @@ def accuracy(n_images: int, seed: int, version: int = world.WORLD_VERSION) -> di
     return {d: float(np.mean([p[d] == a[j] for p, a in zip(preds, attrs)])) for j, d in enumerate(world.DIMENSIONS)}
 
 
-def main() -> None:
-    """Train the judge, save it next to this file and report its accuracy."""
+def main(argv: Sequence[str] | None = None) -> None:
+    """Train the judge, save it (next to this file unless ``--out``) and report its accuracy on every version."""
+    p = argparse.ArgumentParser(prog="python -m esd_lora.bundled.judge", description="Train the bundled judge.")
+    p.add_argument("--world-version", type=int, choices=world.VERSIONS, default=world.WORLD_VERSION,
+                   help="train on renders of this world version (default: the current one, %(default)s)")
+    p.add_argument("--out", type=Path, default=WEIGHTS_PATH, help="weights file (default: the bundled judge's)")
+    args = p.parse_args(argv)
+    if not args.out.parent.is_dir():
+        p.error(f"--out {args.out}: its folder does not exist; create it or pick another path")
     t0 = time.time()
-    net = train_judge()
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(WEIGHTS_PATH))
-    load_judge.cache_clear()
-    print(f"saved {WEIGHTS_PATH} in {time.time() - t0:.0f} s")
-    for version in world.VERSIONS:
-        print(f"accuracy on 2000 fresh renders of world version {version}:", accuracy(2_000, 987_654, version))
+    net = train_judge(versions=(args.world_version,))
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
+    os.replace(tmp, args.out)
+    _load.cache_clear()
+    print(f"saved {args.out} in {time.time() - t0:.0f} s")
+    with weights_from(args.out):
+        for version in world.VERSIONS:
+            print(f"accuracy on 2000 fresh renders of world version {version}:", accuracy(2_000, 987_654, version))
 
 
 if __name__ == "__main__":

@@ -123,15 +123,16 @@ version can be re-run as it was (its ``build_info.json`` records the version):
 
 * 1: a 7-pixel period at a random phase, dots of radius 1.8 pixels (a fifth of the shape);
 * 2: as 1 with dots of radius 2.3 (a third of the shape); tried for a rebuild, not adopted;
-* 3: a 4-pixel period locked to the 4-pixel grid of the autoencoder's 8x8 latents (2-pixel stripes and checks,
-  one dot per cell), so that a pattern is the same in every latent pixel it covers, as a colour is.
+* 3: an 8-pixel period whose phase is one of two locked to the 4-pixel grid of the autoencoder's 8x8 latents: stripes
+  and checks 4 pixels wide, dots of radius 2 each filling one grid cell; each latent pixel of a pattern is then wholly
+  one tone (or one dot), and a pattern is a pattern of latent pixels, as a shape is.
 
 README, "The bundled base model", has what each was measured to do."""
 
 
 class PatternGeometry(NamedTuple):
     """How a world version draws patterns: ``period`` in pixels, the dots' radius, and whether the phase is locked
-    to the image grid (else drawn at random)."""
+    to the 4-pixel latent grid (else drawn at random)."""
 
     period: float
     dot_radius: float
@@ -141,7 +142,7 @@ class PatternGeometry(NamedTuple):
 PATTERN_GEOMETRY: dict[int, PatternGeometry] = {
     1: PatternGeometry(7.0, 1.8, False),
     2: PatternGeometry(7.0, 2.3, False),
-    3: PatternGeometry(4.0, 1.0, True),
+    3: PatternGeometry(8.0, 2.0, True),
 }
 VERSIONS: tuple[int, ...] = tuple(sorted(PATTERN_GEOMETRY))
 
@@ -248,8 +249,11 @@ def _pattern_mask(pattern: str, rng: np.random.Generator, size: int, version: in
     geometry = PATTERN_GEOMETRY[version]
     p = geometry.period
     ox, oy = rng.uniform(0.0, p, size=2)  # drawn in every version, so that the rest of the scene is the same
-    if geometry.grid_locked:
-        ox = oy = 0.0
+    if geometry.grid_locked:  # edges on the grid (offset 0 or 4 pixels); dots centred in a cell
+        cell = IMAGE_SIZE / 8
+        ox, oy = cell * np.floor(ox / cell), cell * np.floor(oy / cell)
+        if pattern == "dotted":
+            ox, oy = ox + cell / 2, oy + cell / 2
     if pattern == "solid":
         return np.zeros((size, size), dtype=np.float32)
     if pattern == "striped":
