@@ -56,7 +56,7 @@ fp32 safetensors, {{ size_mb }} MB in all.
 minutes in all on 2 CPU cores, {{ info.unet_steps }} UNet steps:
 
 {% for st in info.stages -%}
-- {% if st.resumed_from %}`--resume` (seed {{ st.seed }}, lr {{ st.lr }}{% if st.oversample %}, `--oversample` {{ st.oversample }}{% endif %}){% else %}from scratch (seed {{ st.seed }}, lr {{ st.lr }}): VAE {{ st.vae_steps }} steps, text encoder pretraining {{ st.text_steps }} steps{% endif %}, world version {{ st.world_version | default(1) }}{% if st.judge_accuracy_on_vae_reconstructions %} (judge accuracy on the VAE's reconstructions of it: {{ st.judge_accuracy_on_vae_reconstructions }}){% endif %}, UNet {{ st.unet_steps }} steps, {{ st.minutes }} min
+- {% if st.resumed_from %}`--resume` (seed {{ st.seed }}, lr {{ st.lr }}{% if st.oversample %}, `--oversample` {{ st.oversample }}{% endif %}){% else %}from scratch (seed {{ st.seed }}, lr {{ st.lr }}): VAE {{ st.vae_steps }} steps, text encoder pretraining {{ st.text_steps }} steps{% endif %}, world version {{ st.world_version | default(1) }}{% if st.judge_accuracy_on_vae_reconstructions %} (judge{% if st.judge %} `{{ st.judge }}`{% endif %} accuracy on the VAE's reconstructions of it: {{ st.judge_accuracy_on_vae_reconstructions }}){% endif %}, UNet {{ st.unet_steps }} steps, {{ st.minutes }} min
 {% endfor %}
 Each stage renders its training images from the world version it names (`--world-version`; the versions differ
 only in how patterns are drawn: `world.PATTERN_GEOMETRY`, and `world.WORLD_VERSION` for what each is).

@@ -44,7 +44,8 @@ def test_model_card_names_each_stage_world_version_and_oversampling(load_script,
     shutil.copytree(esd_lora.BUNDLED_BASE, model)
     first = {"seed": 0, "lr": 6e-4, "vae_steps": 2000, "text_steps": 200, "minutes": 50.0, "unet_steps": 3130}
     resumed = {"seed": 3, "lr": 4e-4, "resumed_from": "/tmp/b", "world_version": 2, "oversample": {"dotted": 1.5},
-               "judge_accuracy_on_vae_reconstructions": {"pattern": 0.97}, "minutes": 40.0, "unet_steps": 2400}
+               "judge_accuracy_on_vae_reconstructions": {"pattern": 0.97}, "judge": "judge-v2.safetensors",
+               "minutes": 40.0, "unet_steps": 2400}
     info = {"build_minutes": 90.0, "unet_steps": 5530, "stages": [first, resumed]}
     (model / "build_info.json").write_text(json.dumps(info))
     scores = {"red": {"train": 1.0, "held-out": 0.5}}
@@ -53,7 +54,7 @@ def test_model_card_names_each_stage_world_version_and_oversampling(load_script,
     stages = [line for line in card.splitlines() if line.startswith("- ") and "UNet" in line]
     assert len(stages) == 2
     assert "from scratch" in stages[0] and "world version 1," in stages[0] and "judge accuracy" not in stages[0]
-    assert "`--resume`" in stages[1] and "world version 2 (judge accuracy" in stages[1]
+    assert "`--resume`" in stages[1] and "world version 2 (judge `judge-v2.safetensors` accuracy" in stages[1]
     assert "`--oversample` {'dotted': 1.5}" in stages[1]
     assert "| red | 100% | 50% |" in card
 
