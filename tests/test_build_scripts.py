@@ -66,7 +66,8 @@ def test_judge_file_that_is_not_there_is_a_one_line_error(load_script, monkeypat
     with pytest.raises(SystemExit) as exit_info:
         module.parse_args() if hasattr(module, "parse_args") else module.main()
     assert exit_info.value.code == 2
-    assert "judge-v3.safetensors: no such file; train one with python -m esd_lora.bundled.judge" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "judge-v3.safetensors: no such file; train one with python -m esd_lora.bundled.judge" in err
 
 
 def test_check_script_writes_no_card_from_another_judge(load_script, monkeypatch, capsys, tmp_path):
