@@ -116,6 +116,9 @@ TEMPLATES_HELD_OUT: list[str] = [
 Split = Literal["train", "held-out", "all"]
 
 _HUES: dict[str, float] = {"red": 0.0, "yellow": 55.0, "green": 125.0, "blue": 225.0}
+_LATENT_CELL = 4.0
+"""Pixels per latent pixel along each axis: the bundled autoencoder maps 32x32 images to 8x8 latents."""
+
 WORLD_VERSION = 1
 """The world the bundled base and the judge were trained on. Versions differ only in how patterns are drawn
 (:data:`PATTERN_GEOMETRY`); every version draws the same scene from the same random numbers, so a build stage of any
@@ -125,7 +128,7 @@ version can be re-run as it was (its ``build_info.json`` records the version):
 * 2: as 1 with dots of radius 2.3 (a third of the shape); tried for a rebuild, not adopted;
 * 3: an 8-pixel period whose phase is one of two locked to the 4-pixel grid of the autoencoder's 8x8 latents: stripes
   and checks 4 pixels wide, dots of radius 2 each filling one grid cell; each latent pixel of a pattern is then wholly
-  one tone (or one dot), and a pattern is a pattern of latent pixels, as a shape is.
+  one tone (or one whole dot), and a pattern is a layout of latent pixels, as a shape is.
 
 README, "The bundled base model", has what each was measured to do."""
 
@@ -250,7 +253,7 @@ def _pattern_mask(pattern: str, rng: np.random.Generator, size: int, version: in
     p = geometry.period
     ox, oy = rng.uniform(0.0, p, size=2)  # drawn in every version, so that the rest of the scene is the same
     if geometry.grid_locked:  # edges on the grid (offset 0 or 4 pixels); dots centred in a cell
-        cell = IMAGE_SIZE / 8
+        cell = _LATENT_CELL
         ox, oy = cell * np.floor(ox / cell), cell * np.floor(oy / cell)
         if pattern == "dotted":
             ox, oy = ox + cell / 2, oy + cell / 2
