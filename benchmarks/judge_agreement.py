@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from esd_lora.bundled import world  # noqa: E402
-from esd_lora.bundled.judge import JudgeNet, load_judge, to_tensor, train_judge  # noqa: E402
+from esd_lora.bundled.judge import (  # noqa: E402
+    JudgeNet, load_judge, load_weights, save_weights, to_tensor, train_judge)
 from esd_lora.evaluate import generate_images, sample_prompts  # noqa: E402
 from esd_lora.families import load_pipeline  # noqa: E402
 
@@ -42,17 +42,13 @@ def compare(images, concept: str, first: JudgeNet, second: JudgeNet) -> dict[str
 
 def second_judge(seed: int, path: Path | None) -> JudgeNet:
     """The judge trained like the shipped one with ``seed``: loaded from ``path`` if it exists, else trained."""
-    net = JudgeNet()
     if path is not None and path.is_file():
-        net.load_state_dict(load_file(str(path)))
-        return net.eval()
+        return load_weights(path)
     start = time.time()
     net = train_judge(seed=seed)
     print(f"trained the second judge (seed {seed}) in {time.time() - start:.0f} s", flush=True)
     if path is not None:
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
-        tmp.replace(path)
+        save_weights(net, path)
     return net.eval()
 
 

@@ -89,9 +89,23 @@ def _load(path: str) -> JudgeNet:
     return net.eval()
 
 
+def load_weights(path: str | os.PathLike) -> JudgeNet:
+    """Load the judge weights in ``path`` (cached; do not modify the network returned)."""
+    return _load(str(path))
+
+
+def save_weights(net: JudgeNet, path: str | os.PathLike) -> None:
+    """Save ``net``'s weights to ``path`` through a temporary file, so that an interrupted save leaves no judge."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+    _load.cache_clear()
+
+
 def load_judge() -> JudgeNet:
     """Load the judge weights in use (cached): the bundled ones, or those of :func:`weights_from`."""
-    return _load(str(_weights[-1]))
+    return load_weights(_weights[-1])
 
 
 @contextmanager
@@ -99,7 +113,7 @@ def weights_from(path: str | os.PathLike) -> Iterator[JudgeNet]:
     """Judge with the weights in ``path`` (say, a judge trained on another world version) inside the block;
     :func:`judge`, and so ``esd_lora.evaluate``, use them. The file is loaded first: one that holds no judge
     weights raises here."""
-    net = _load(str(path))
+    net = load_weights(path)
     _weights.append(Path(path))
     try:
         yield net
@@ -224,11 +238,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.out.parent.is_dir():
         p.error(f"--out {args.out}: its folder does not exist; create it or pick another path")
     t0 = time.time()
-    net = train_judge(versions=(args.world_version,))
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    os.replace(tmp, args.out)
-    _load.cache_clear()
+    save_weights(train_judge(versions=(args.world_version,)), args.out)
     print(f"saved {args.out} in {time.time() - t0:.0f} s")
     with weights_from(args.out):
         for version in world.VERSIONS:
