@@ -19,12 +19,11 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from esd_lora.bundled import world  # noqa: E402
 from esd_lora.bundled.judge import (  # noqa: E402
-    JudgeNet, load_judge, load_weights, save_weights, to_tensor, train_judge)
+    JudgeNet, load_judge, load_weights, save_weights, to_tensor, train_judge, weights_problem)
 from esd_lora.evaluate import generate_images, sample_prompts  # noqa: E402
 from esd_lora.families import load_pipeline  # noqa: E402
 
@@ -66,10 +65,9 @@ def main() -> None:
         p.error("--judge-seed 1000 is the shipped judge's own seed; pick another")
     if args.judge is not None and not args.judge.is_file() and not args.judge.parent.is_dir():
         p.error(f"--judge {args.judge}: its folder does not exist; create it or pick another path")
-    try:
-        second = second_judge(args.judge_seed, args.judge)
-    except (SafetensorError, RuntimeError, OSError, ValueError) as err:  # a file that holds no judge weights
-        p.error(f"--judge {args.judge}: not the weights of a bundled judge ({str(err).splitlines()[0]})")
+    if args.judge is not None and args.judge.is_file() and (problem := weights_problem(args.judge)):
+        p.error(f"--judge {args.judge}: {problem}")
+    second = second_judge(args.judge_seed, args.judge)
     pipe = load_pipeline(args.base, device="cpu")
     pipe.set_progress_bar_config(disable=True)
     print(f"| concept | split | shipped judge | seed {args.judge_seed} judge | disagree |")

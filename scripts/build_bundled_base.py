@@ -62,7 +62,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
 from esd_lora.bundled import world  # noqa: E402
-from esd_lora.bundled.judge import WEIGHTS_PATH, judge, weights_from  # noqa: E402
+from esd_lora.bundled.judge import WEIGHTS_PATH, judge, weights_from, weights_problem  # noqa: E402
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MAX_LENGTH = 77
@@ -524,8 +524,8 @@ def parse_args() -> argparse.Namespace:
                    help="draw training images of these concepts more often, e.g. --oversample dotted=2 star=1.5")
     args = p.parse_args()
     args.oversample = parse_oversample(args.oversample)
-    if args.judge is not None and not args.judge.is_file():
-        p.error(f"--judge {args.judge}: no such file; train one with python -m esd_lora.bundled.judge --out FILE")
+    if args.judge is not None and (problem := weights_problem(args.judge)):
+        p.error(f"--judge {args.judge}: {problem}")
     if args.judge is None and args.world_version != world.WORLD_VERSION:
         print(f"note: the bundled judge was trained on world version {world.WORLD_VERSION}; --judge FILE measures "
               f"the VAE's reconstructions of version {args.world_version} with a judge of that version", flush=True)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from huggingface_hub import ModelCard, ModelCardData  # noqa: E402
 
 from esd_lora import BUNDLED_BASE, evaluate  # noqa: E402
-from esd_lora.bundled.judge import WEIGHTS_PATH, weights_from  # noqa: E402
+from esd_lora.bundled.judge import WEIGHTS_PATH, weights_from, weights_problem  # noqa: E402
 
 CARD = """---
 {{ card_data }}
@@ -128,8 +128,8 @@ def main() -> None:
                    help="judge with these weights, for a model built on another world version (python -m "
                         "esd_lora.bundled.judge --world-version V --out FILE; default: the bundled judge)")
     args = p.parse_args()
-    if args.judge is not None and not args.judge.is_file():
-        p.error(f"--judge {args.judge}: no such file; train one with python -m esd_lora.bundled.judge --out FILE")
+    if args.judge is not None and (problem := weights_problem(args.judge)):
+        p.error(f"--judge {args.judge}: {problem}")
     if args.judge is not None and args.card:
         p.error("--card writes the bundled judge's figures; leave out --judge")
     start = time.time()

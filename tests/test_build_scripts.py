@@ -79,3 +79,15 @@ def test_check_script_writes_no_card_from_another_judge(load_script, monkeypatch
     with pytest.raises(SystemExit) as exit_info:
         check.main()
     assert exit_info.value.code == 2 and "--card writes the bundled judge's figures" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["scripts/build_bundled_base.py", "scripts/check_bundled_base.py"])
+def test_judge_file_that_holds_no_judge_is_a_one_line_error(load_script, monkeypatch, capsys, tmp_path, script):
+    """Refused before any work (a build would otherwise fail half an hour in, at its VAE measurement)."""
+    module = load_script(script)
+    (tmp_path / "notes.safetensors").write_text("not weights")
+    monkeypatch.setattr("sys.argv", [script, "--judge", str(tmp_path / "notes.safetensors")])
+    with pytest.raises(SystemExit) as exit_info:
+        module.parse_args() if hasattr(module, "parse_args") else module.main()
+    assert exit_info.value.code == 2
+    assert "notes.safetensors: not the weights of a bundled judge (" in capsys.readouterr().err

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -101,6 +102,17 @@ def save_weights(net: JudgeNet, path: str | os.PathLike) -> None:
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
     os.replace(tmp, path)
     _load.cache_clear()
+
+
+def weights_problem(path: str | os.PathLike) -> str | None:
+    """``None`` if ``path`` holds judge weights, else what is wrong with it, in one line (for a ``--judge`` option)."""
+    if not Path(path).is_file():
+        return "no such file; train one with python -m esd_lora.bundled.judge --out FILE"
+    try:
+        load_weights(path)
+    except (SafetensorError, RuntimeError, OSError, ValueError) as err:
+        return f"not the weights of a bundled judge ({str(err).splitlines()[0]})"
+    return None
 
 
 def load_judge() -> JudgeNet:
