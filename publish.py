@@ -16,7 +16,7 @@ import sys
 
 from esd_lora.catalog import publish_catalog
 from esd_lora.errors import EsdLoraError
-from esd_lora.hub import DEFAULT_LICENSE
+from esd_lora.cards import DEFAULT_LICENSE
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import esd_lora  # noqa: E402
-from esd_lora.attack import ADVERSARIAL_EVERY, ATTACKS, attack  # noqa: E402
+from esd_lora.attack import attack  # noqa: E402
+from esd_lora.config import ADVERSARIAL_EVERY, ATTACKS  # noqa: E402
 from esd_lora.bundled import world  # noqa: E402
 from esd_lora.families import load_pipeline  # noqa: E402
 

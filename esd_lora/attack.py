@@ -46,7 +46,7 @@ from PIL import Image
 
 from .erase import frozen
 from .errors import ConfigError, EmptyConceptError, UnsupportedAttackError
-from .config import positive_int
+from .config import ATTACKS, positive_int
 from .evaluate import check_known, generate_images, judged_as, sample_prompts
 from .families import BUNDLED_BASE, SHORT_NAMES, as_pipeline
 from .generate import compare_grid
@@ -54,18 +54,8 @@ from .objective import esd_loss
 from .outputs import write_folder
 from .stack import AdapterSpec, apply_adapters, parse_adapter_specs
 
-ATTACKS: dict[str, str] = {
-    "paraphrase": "other phrasings and synonyms of the concept (held-out phrasings, or --paraphrases FILE)",
-    "soft-prompt": "free token embeddings appended to the prompt, optimised to bring back the base model's "
-                   "prediction for the concept",
-    "hard-prompt": "the soft-prompt attack projected onto real words: a prompt anyone can type",
-    "textual-inversion": "a new token, in place of the concept's words, learnt on the images the base model "
-                         "makes for the concept",
-    "completion": "the base model runs the first sampling steps, the erased model finishes",
-}
 SOFT_PROMPT_ATTACKS = ("soft-prompt", "hard-prompt", "textual-inversion")
 _MATCHING_ATTACKS = ("soft-prompt", "hard-prompt")  # those learning from the bank of erased trajectories
-ADVERSARIAL_EVERY = 10  # `erase --adversarial`: steps between two adversarial soft-prompt searches
 ADVERSARIAL_TOKENS = 4  # free vectors of the adversarial soft prompt
 SOFT_PROMPT_LR = 1e-2  # Adam learning rate of soft-prompt vectors (token embeddings are ~0.02 per coordinate)
 _BANK_PROMPTS = 8  # base-model trajectories (and latents) the optimising attacks learn from

@@ -12,6 +12,7 @@ import os
 from huggingface_hub import ModelCard, ModelCardData
 
 TAGS = ["esd-lora", "concept-erasure", "diffusers", "text-to-image"]
+DEFAULT_LICENSE = "mit"  # of the cards esd-lora writes; a card should follow its base model's license
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"  # the file name diffusers' load_lora_weights(repo_id) looks for
 
 MERGED_TEMPLATE = """---

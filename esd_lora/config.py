@@ -24,6 +24,17 @@ SAMPLERS = ("trained", "frozen")
 PRESERVE_AT = ("erased", "own")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
+ADVERSARIAL_EVERY = 10  # `erase --adversarial`: steps between two adversarial soft-prompt searches
+# the recovery attacks of `esd-lora attack` (esd_lora.attack)
+ATTACKS: dict[str, str] = {
+    "paraphrase": "other phrasings and synonyms of the concept (held-out phrasings, or --paraphrases FILE)",
+    "soft-prompt": "free token embeddings appended to the prompt, optimised to bring back the base model's "
+                   "prediction for the concept",
+    "hard-prompt": "the soft-prompt attack projected onto real words: a prompt anyone can type",
+    "textual-inversion": "a new token, in place of the concept's words, learnt on the images the base model "
+                         "makes for the concept",
+    "completion": "the base model runs the first sampling steps, the erased model finishes",
+}
 
 
 def _opt(default: Any, help: str, **kwargs: Any) -> Any:

@@ -41,7 +41,7 @@ from huggingface_hub.utils._runtime import is_xet_available
 from huggingface_hub.utils.sha import git_hash
 
 from .adapter import Adapter, file_sha256, load_adapter
-from .cards import ADAPTER_FILE, adapter_card
+from .cards import ADAPTER_FILE, DEFAULT_LICENSE, adapter_card
 from .config import positive_int
 from .errors import (ConfigError, EsdLoraError, HubAuthError, HubConnectionError, HubError, HubIntegrityError,
                      HubNotFoundError, HubOfflineError, HubPermissionError, HubServerError, InvalidRepoIdError)
@@ -51,7 +51,6 @@ HUB_PREFIX = "hub:"
 TAG = "esd-lora"  # every adapter pushed by esd-lora carries it; search lists by it
 REPORT_FILE = "report.json"
 GRID_FILE = "grid.png"
-DEFAULT_LICENSE = "mit"
 _BARE_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[^\s:]+)?")
 _REVISION = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)*")
 

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import esd_lora
-from esd_lora.attack import ADVERSARIAL_EVERY, SoftPrompt, attack, encode, match_loss
+from esd_lora.attack import SoftPrompt, attack, encode, match_loss
+from esd_lora.config import ADVERSARIAL_EVERY
 from esd_lora.bundled import world
 from esd_lora.cli import build_parser, main
 from esd_lora.cli.erase import erase_options

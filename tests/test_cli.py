@@ -67,6 +67,40 @@ def test_bad_input_is_one_line_without_traceback(tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "x.safetensors").exists()
 
 
+HEAVY = ("torch", "diffusers", "transformers", "peft", "accelerate")
+
+
+def test_help_and_argument_errors_do_not_import_the_libraries():
+    """``esd-lora --help`` and argument errors answer at once: no sub-command imports torch and co. to build
+    its parser (they take seconds to import)."""
+    code = ("import sys\nfrom esd_lora.cli import build_parser\nparser = build_parser()\n"
+            "for argv in (['erase', '--help'], ['attack', '--help'], ['push', '--help'], ['erase']):\n"
+            "    try:\n        parser.parse_args(argv)\n    except SystemExit:\n        pass\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_package_imports_its_verbs_on_first_use():
+    code = ("import sys, esd_lora\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+            "import esd_lora.erase, esd_lora.attack, esd_lora.evaluate, esd_lora.generate\n"
+            "from esd_lora.erase import make_config\n"
+            "print(all(callable(getattr(esd_lora, n)) and not isinstance(getattr(esd_lora, n), type(sys))\n"
+            "          for n in ('erase', 'attack', 'evaluate', 'generate')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-2:] == ["[]", "True"]  # the verbs stay functions after their modules load
+    import esd_lora
+
+    for name in esd_lora.__all__:  # every public name resolves
+        assert getattr(esd_lora, name) is not None
+    assert sorted(esd_lora._EXPORTS) == sorted(set(esd_lora.__all__) - {"__version__"})
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        esd_lora.nope
+
+
 def test_merge_and_export_end_to_end(tiny_dirs, sd1_adapter, tmp_path):
     result = esd_lora("merge", "--base", tiny_dirs["sd1"], "--adapter", f"{sd1_adapter}:0.5", "--out",
                       tmp_path / "merged", "--dtype", "fp16")

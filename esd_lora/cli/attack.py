@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..attack import ATTACKS, attack, is_bundled
+from ..config import ATTACKS
 from ..outputs import check_folder
 from ._common import add_adapters, add_base, add_command, add_device, slug
 
@@ -45,6 +45,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..attack import attack, is_bundled
+
     out = args.out or (None if is_bundled(args.base) else f"esd-attack-{slug(args.concept, 'concept')}")
     if out:
         check_folder(out, overwrite=args.overwrite)  # before minutes of attacks, not after

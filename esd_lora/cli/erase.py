@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from ..attack import ADVERSARIAL_EVERY
-from ..config import LR_SCHEDULES, METHODS, PRESERVE_AT, SAMPLERS, EraseConfig
-from ..erase import erase, make_config
+from ..config import ADVERSARIAL_EVERY, LR_SCHEDULES, METHODS, PRESERVE_AT, SAMPLERS, EraseConfig
 from ..errors import ConfigError
-from ..families import recommended_options
 from ._common import add_base, add_command, add_device, slug
 
 EXAMPLES = """\
@@ -90,6 +87,9 @@ def erase_options(args) -> dict:
 
 
 def run(args) -> int:
+    from ..erase import erase, make_config
+    from ..families import recommended_options
+
     options = erase_options(args)
     config = make_config(args.base, args.concepts, **options)  # validates before the model is loaded
     recommended, path = recommended_options(args.base)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..erase_many import erase_many, summary
 from ._common import add_command
 from .erase import add_erase_options, erase_options
 
@@ -32,6 +31,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..erase_many import erase_many, summary
+
     from accelerate import PartialState
 
     outcomes = erase_many(args.base, args.concepts_file, args.out_dir, overwrite=args.overwrite,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..evaluate import evaluate, generate_for_judges
 from ..outputs import check_folder
 from ._common import add_adapters, add_base, add_command, add_device
 
@@ -33,6 +32,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..evaluate import evaluate, generate_for_judges
+
     if args.prompts:
         out = generate_for_judges(args.base, args.prompts, args.out or "esd-eval-images", adapters=args.adapter,
                                   steps=args.steps, guidance_scale=args.guidance_scale, device=args.device,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..hub import is_hub_source, parse_hub_source, resolve_adapter_source
-from ..merge import export_kohya
 from ..outputs import check_output
 from ._common import add_command
 from ._hub import add_endpoint
@@ -28,6 +26,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..hub import is_hub_source, parse_hub_source, resolve_adapter_source
+    from ..merge import export_kohya
+
     if is_hub_source(args.file):
         out = args.out or f"{parse_hub_source(args.file)[0].split('/')[-1]}-kohya.safetensors"
         check_output(out, overwrite=args.overwrite)  # before the download

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ..outputs import atomic_path, check_output
-from ..generate import generate
 from ._common import add_adapters, add_base, add_command, add_device, slug
 
 EXAMPLES = """\
@@ -29,6 +28,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..generate import generate
+
     out = check_output(args.out or f"generate-{slug(args.prompt, 'prompt')}.png", overwrite=args.overwrite)
     comparison = generate(args.base, args.prompt, adapters=args.adapter, seed=args.seed,
                           num_images=args.num_images, steps=args.steps, guidance_scale=args.guidance_scale,

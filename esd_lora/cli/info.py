@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-from ..adapter import load_adapter
-from ..hub import resolve_adapter_source
 from ._common import add_command
 from ._hub import add_endpoint
 
@@ -24,6 +22,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..adapter import load_adapter
+    from ..hub import resolve_adapter_source
+
     adapter = load_adapter(resolve_adapter_source(args.file, endpoint=args.endpoint))
     data = adapter.metadata.to_dict()
     if args.json:

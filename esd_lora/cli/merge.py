@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from ..merge import merge
-from ..hub import hub_endpoint
 from ._common import add_adapters, add_base, add_command
 from ._hub import add_endpoint
 
@@ -32,6 +30,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..hub import hub_endpoint
+    from ..merge import merge
+
     out = merge(args.base, args.adapter, args.out, single_file=args.single_file, dtype=args.dtype,
                 overwrite=args.overwrite, force=args.force, push=args.push, private=args.private,
                 endpoint=args.endpoint)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..hub import pull_adapter
 from . import info
 from ._common import add_command
 from ._hub import add_endpoint
@@ -27,5 +26,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..hub import pull_adapter
+
     path = pull_adapter(args.source, out=args.out, endpoint=args.endpoint, overwrite=args.overwrite)
     return info.run(argparse.Namespace(file=str(path), json=args.json, endpoint=args.endpoint))

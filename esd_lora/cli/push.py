@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..hub import DEFAULT_LICENSE, push_adapter
+from ..cards import DEFAULT_LICENSE
 from ._common import add_command
 from ._hub import add_endpoint
 
@@ -28,6 +28,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..hub import push_adapter
+
     url = push_adapter(args.file, args.repo_id, private=args.private, revision=args.revision,
                        endpoint=args.endpoint, report=args.report, license=args.license)
     print(f"pushed {args.file} to {args.repo_id}: {url}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-from ..hub import hub_endpoint, search_adapters
 from ._common import add_command
 from ._hub import add_endpoint
 
@@ -25,6 +24,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..hub import hub_endpoint, search_adapters
+
     found = search_adapters(args.text, base=args.base, endpoint=args.endpoint, limit=args.limit)
     if args.json:
         print(json.dumps(found, indent=2))
