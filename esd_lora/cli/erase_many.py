@@ -31,9 +31,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..erase_many import erase_many, summary
-
     from accelerate import PartialState
+
+    from ..erase_many import erase_many, summary
 
     outcomes = erase_many(args.base, args.concepts_file, args.out_dir, overwrite=args.overwrite,
                           progress=not args.quiet, **erase_options(args))
