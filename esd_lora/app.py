@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import functools
 import html
+import importlib
 import inspect
 import os
 import shutil
@@ -551,6 +552,8 @@ def launch(*, host: str, port: int, share: bool = False) -> None:
     it serves this machine alone (loopback, no share link)."""
     lend = host in ("127.0.0.1", "localhost", "::1") and not share
     demo = build_app(App(lend_token=lend))
+    for verb in ("erase", "evaluate", "generate", "hub", "merge"):  # torch, diffusers, peft: seconds to import,
+        importlib.import_module(f"{__package__}.{verb}")  # paid before serving, not by the first click
     try:
         demo.launch(server_name=host, server_port=port, share=share, show_error=True)
     except OSError as exc:  # gradio's "cannot find empty port", a host that cannot be bound
