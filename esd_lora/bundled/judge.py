@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import time
 from contextlib import contextmanager
 from functools import lru_cache
@@ -39,8 +40,11 @@ from torch import nn
 
 try:
     from . import world
-except ImportError:  # executed as a plain script
+    from ..outputs import atomic_path
+except ImportError:  # executed as a plain script: the package's root is two folders up
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     import world  # type: ignore[no-redef]
+    from esd_lora.outputs import atomic_path
 
 WEIGHTS_PATH = Path(__file__).with_name("judge.safetensors")
 TRAIN_SEED = 1_000
@@ -97,10 +101,8 @@ def load_weights(path: str | os.PathLike) -> JudgeNet:
 
 def save_weights(net: JudgeNet, path: str | os.PathLike) -> None:
     """Save ``net``'s weights to ``path`` through a temporary file, so that an interrupted save leaves no judge."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(Path(path)) as tmp:
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
     _load.cache_clear()
 
 
