@@ -1,8 +1,10 @@
 """End-to-end: the real ``esd-lora`` command, and one clear line with exit code 1 for each bad input."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -80,6 +82,29 @@ def test_help_and_argument_errors_do_not_import_the_libraries():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_commands_that_load_no_model_import_neither_diffusers_nor_transformers(tmp_path):
+    """``info``, ``search``, ``pull`` and ``push`` read files and talk to the Hub: quieting the model libraries'
+    logging must not import them (seconds on a small machine); a model command still gets them quieted."""
+    adapter = Path(__file__).resolve().parent.parent / "adapters" / "esd-red.safetensors"
+    dead = "http://127.0.0.1:9"  # nothing listens: search and pull fail fast, with our one-line error
+    runs = {"info": [str(adapter)], "search": ["--endpoint", dead], "pull": ["user/repo", "--endpoint", dead],
+            "push": [str(adapter), "user/repo", "--endpoint", dead]}
+    for command, argv in runs.items():
+        code = ("import sys\nfrom esd_lora.cli import main\n"
+                f"rc = main({[command, *argv]!r})\n"
+                "print(rc, sorted(m for m in ('diffusers', 'transformers') if m in sys.modules))")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                                cwd=tmp_path, env={**os.environ, "HF_TOKEN": "hf_x", "HF_HUB_CACHE": str(tmp_path)})
+        assert result.returncode == 0, result.stderr
+        rc, imported = result.stdout.strip().splitlines()[-1].split(" ", 1)
+        assert imported == "[]", (command, result.stdout)
+        assert rc == ("0" if command == "info" else "1"), (command, result.stdout, result.stderr)
+    code = ("import sys\nfrom esd_lora.cli import _quiet_libraries\n_quiet_libraries()\n"
+            "from diffusers.utils import logging\nprint(logging.get_verbosity() == logging.ERROR)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip().splitlines()[-1] == "True", result.stderr
 
 
 def test_the_package_imports_its_verbs_on_first_use():

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _quiet_libraries()
+    _quiet_libraries(models=args.models)
     try:
         return args.run(args) or 0
     except EsdLoraError as exc:
@@ -40,17 +40,20 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _quiet_libraries() -> None:
-    """Keep the terminal for our own progress and results: library info/warning chatter is hidden."""
+def _quiet_libraries(models: bool = True) -> None:
+    """Keep the terminal for our own progress and results: library info/warning chatter is hidden (that of diffusers
+    and transformers only for ``models`` commands, which import them anyway)."""
     import warnings
 
-    from diffusers.utils import logging as diffusers_logging
     from huggingface_hub.utils import logging as hub_logging
-    from transformers.utils import logging as transformers_logging
 
-    for logging in (diffusers_logging, transformers_logging):
-        logging.set_verbosity_error()
-        logging.disable_progress_bar()
+    if models:
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        for logging in (diffusers_logging, transformers_logging):
+            logging.set_verbosity_error()
+            logging.disable_progress_bar()
     hub_logging.set_verbosity_error()  # retries and connection chatter: our own one-line errors say what to do
     warnings.filterwarnings("ignore", category=FutureWarning)
 

@@ -14,7 +14,8 @@ EXAMPLES = """\
 
 
 def register(sub) -> None:
-    p = add_command(sub, "info", help="print the metadata of an adapter file", examples=EXAMPLES, run=run)
+    p = add_command(sub, "info", help="print the metadata of an adapter file", examples=EXAMPLES, run=run,
+                    models=False)
     p.add_argument("file", metavar="FILE", help="an esd-lora adapter (.safetensors), or a Hub adapter: "
                    "hub:OWNER/NAME[@REV] or OWNER/NAME")
     p.add_argument("--json", action="store_true", help="print the metadata as JSON")

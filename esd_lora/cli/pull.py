@@ -17,7 +17,7 @@ EXAMPLES = """\
 
 def register(sub) -> None:
     p = add_command(sub, "pull", help="download an adapter from the Hub into the Hub cache and print its metadata",
-                    examples=EXAMPLES, run=run)
+                    examples=EXAMPLES, run=run, models=False)
     p.add_argument("source", metavar="REPO_ID[@REVISION]", help="model repo (hub: prefix optional), optional revision")
     p.add_argument("--out", default=None, help="also copy the adapter to this file")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

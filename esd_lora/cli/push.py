@@ -16,7 +16,7 @@ EXAMPLES = """\
 
 def register(sub) -> None:
     p = add_command(sub, "push", help="upload an adapter (and its evaluation) to a Hub model repo with a model card",
-                    examples=EXAMPLES, run=run)
+                    examples=EXAMPLES, run=run, models=False)
     p.add_argument("file", metavar="FILE", help="an esd-lora adapter (.safetensors)")
     p.add_argument("repo_id", metavar="REPO_ID", help="model repo OWNER/NAME (created if it does not exist)")
     p.add_argument("--report", default=None, metavar="DIR",

@@ -15,7 +15,7 @@ EXAMPLES = """\
 
 def register(sub) -> None:
     p = add_command(sub, "search", help="list Hub adapters tagged esd-lora: concepts, base, method, downloads",
-                    examples=EXAMPLES, run=run)
+                    examples=EXAMPLES, run=run, models=False)
     p.add_argument("text", nargs="?", default=None, metavar="TEXT", help="only repos whose id contains TEXT")
     p.add_argument("--base", default=None, metavar="MODEL", help="only adapters trained on this base (id or 'bundled')")
     p.add_argument("--limit", type=int, default=50, help="at most this many results (after --base)")
