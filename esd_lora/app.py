@@ -19,6 +19,7 @@ import importlib
 import inspect
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -552,6 +553,8 @@ def launch(*, host: str, port: int, share: bool = False) -> None:
     it serves this machine alone (loopback, no share link)."""
     lend = host in ("127.0.0.1", "localhost", "::1") and not share
     demo = build_app(App(lend_token=lend))
+    if threading.current_thread() is threading.main_thread():  # kill, docker stop and service managers send
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM: stop as on Ctrl-C, work folder removed
     for verb in ("erase", "evaluate", "generate", "hub", "merge"):  # torch, diffusers, peft: seconds to import,
         importlib.import_module(f"{__package__}.{verb}")  # paid before serving, not by the first click
     try:

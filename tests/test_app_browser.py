@@ -43,8 +43,9 @@ def server(tmp_path_factory):
     """``python app.py`` serving on a free loopback port; Hub calls go to a port where nothing listens."""
     tmp = tmp_path_factory.mktemp("app")
     port = free_port()
+    (tmp / "tmpdir").mkdir()
     env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HUB_CACHE": str(tmp / "hub"),
-           "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
+           "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp / "tmpdir")}
     log = (tmp / "server.log").open("w")
     process = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env, stdout=log,
                                stderr=subprocess.STDOUT)
@@ -60,9 +61,11 @@ def server(tmp_path_factory):
                 pytest.fail(f"the app did not start:\n{(tmp / 'server.log').read_text()[-3000:]}")
             time.sleep(0.5)
     yield url
-    process.terminate()
-    process.wait(timeout=30)
+    assert list((tmp / "tmpdir").glob("esd-lora-app-*")), "the app keeps its files in a work folder under TMPDIR"
+    process.terminate()  # SIGTERM, as kill and service managers send: the app stops as on Ctrl-C
+    assert process.wait(timeout=30) == 0, (tmp / "server.log").read_text()[-3000:]
     log.close()
+    assert not list((tmp / "tmpdir").glob("esd-lora-app-*")), "the app's work folder outlived it"
 
 
 @pytest.fixture(scope="module")
