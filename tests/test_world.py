@@ -83,6 +83,34 @@ def test_grid_locked_patterns_fill_whole_latent_cells(pattern: str) -> None:
     assert len({m.tobytes() for m in old}) == 6  # version 1 draws its phase at random
 
 
+@pytest.mark.parametrize("version", [4, 5])
+def test_versions_4_and_5_change_only_the_dots(version: int) -> None:
+    """Versions 4 and 5 are version 1 but for the dots: every other pattern and every solid scene is drawn exactly
+    as in version 1."""
+    old, attrs = world.render_dataset(300, seed=8, version=1)
+    new, attrs_new = world.render_dataset(300, seed=8, version=version)
+    assert attrs == attrs_new
+    changed = {attrs[i][2] for i in range(len(attrs)) if not np.array_equal(old[i], new[i])}
+    assert changed == {"dotted"}
+
+
+def test_version_4_draws_the_dots_darker_or_lighter() -> None:
+    """Version 4's dots: near-black on light and mid-grey backgrounds, near-white on dark ones."""
+    old, attrs = world.render_dataset(300, seed=8, version=1)
+    new, _ = world.render_dataset(300, seed=8, version=4)
+    dark_bg = light_bg = 0
+    for i, (shape, colour, pattern) in enumerate(attrs):
+        if pattern != "dotted":
+            continue
+        differs = np.abs(old[i].astype(int) - new[i].astype(int)).max(axis=-1) > 20  # the dots, not the noise
+        assert 0 < differs.mean() < 0.2
+        brighter = new[i][differs].astype(int).sum() > old[i][differs].astype(int).sum()
+        background = int(old[i][0, 0].mean())  # achromatic and unpatterned in the corner
+        assert brighter == (background < 0.33 * 255), (shape, colour, background)
+        dark_bg, light_bg = dark_bg + brighter, light_bg + (not brighter)
+    assert dark_bg > 5 and light_bg > 5
+
+
 def test_unknown_world_version_is_refused() -> None:
     for version in (0, max(world.VERSIONS) + 1, -1):
         with pytest.raises(ValueError, match="unknown world version"):

@@ -128,24 +128,36 @@ version can be re-run as it was (its ``build_info.json`` records the version):
 * 2: as 1 with dots of radius 2.3 (a third of the shape); tried for a rebuild, not adopted;
 * 3: an 8-pixel period whose phase is one of two locked to the 4-pixel grid of the autoencoder's 8x8 latents: stripes
   and checks 4 pixels wide, dots of radius 2 each filling one grid cell; each latent pixel of a pattern is then wholly
-  one tone (or one whole dot), and a pattern is a layout of latent pixels, as a shape is.
+  one tone (or one whole dot), and a pattern is a layout of latent pixels, as a shape is;
+* 4: as 1, with dots of higher contrast: near-black (on light and mid-grey backgrounds) or near-white (on dark ones)
+  tones of the object's hue, where the other patterns keep version 1's shade and tint;
+* 5: as 4, with dots of radius 2.2 on a 9-pixel period (2.25 latent pixels, where version 1's 7 pixels are 1.75:
+  below the two latent pixels a period needs to be drawn on the latent grid at all).
 
 README, "The bundled base model", has what each was measured to do."""
 
 
 class PatternGeometry(NamedTuple):
-    """How a world version draws patterns: ``period`` in pixels, the dots' radius, and whether the phase is locked
-    to the 4-pixel latent grid (else drawn at random)."""
+    """How a world version draws patterns: ``period`` in pixels, the dots' radius, whether the phase is locked
+    to the 4-pixel latent grid (else drawn at random), and ``dot_keep``: the share of the object's colour kept in the
+    dots' tone, the rest being black (light and mid-grey backgrounds) or white (dark ones), where every other pattern
+    keeps :data:`SHADE_KEEP` (with black) or :data:`TINT_KEEP` (with white); ``None``: the dots do the same.
+    ``dot_period``: the dots' own period (``None``: ``period``)."""
 
     period: float
     dot_radius: float
     grid_locked: bool
+    dot_keep: float | None = None
+    dot_period: float | None = None
 
 
+SHADE_KEEP, TINT_KEEP = 0.38, 0.45
 PATTERN_GEOMETRY: dict[int, PatternGeometry] = {
     1: PatternGeometry(7.0, 1.8, False),
     2: PatternGeometry(7.0, 2.3, False),
     3: PatternGeometry(8.0, 2.0, True),
+    4: PatternGeometry(7.0, 1.8, False, dot_keep=0.15),
+    5: PatternGeometry(7.0, 2.2, False, dot_keep=0.15, dot_period=9.0),
 }
 VERSIONS: tuple[int, ...] = tuple(sorted(PATTERN_GEOMETRY))
 
@@ -250,7 +262,7 @@ def _pattern_mask(pattern: str, rng: np.random.Generator, size: int, version: in
     coords = (np.arange(size, dtype=np.float32) + 0.5) * (IMAGE_SIZE / size)
     yy, xx = np.meshgrid(coords, coords, indexing="ij")
     geometry = PATTERN_GEOMETRY[version]
-    p = geometry.period
+    p = geometry.dot_period if pattern == "dotted" and geometry.dot_period else geometry.period
     ox, oy = rng.uniform(0.0, p, size=2)  # drawn in every version, so that the rest of the scene is the same
     if geometry.grid_locked:  # edges on the grid (offset 0 or 4 pixels); dots centred in a cell
         cell = _LATENT_CELL
@@ -291,7 +303,9 @@ def render_array(shape: str, colour: str, pattern: str, rng: np.random.Generator
     size = IMAGE_SIZE * _SUPERSAMPLE
     bg, lum = _background(rng)
     primary = _colour_rgb(colour, rng)
-    secondary = primary * 0.38 if lum > 0.33 else 0.45 * primary + 0.55
+    dot_keep = PATTERN_GEOMETRY[version].dot_keep if pattern == "dotted" else None
+    shade, tint = (SHADE_KEEP, TINT_KEEP) if dot_keep is None else (dot_keep, dot_keep)
+    secondary = primary * shade if lum > 0.33 else tint * primary + (1.0 - tint)
     mask = _shape_mask(shape, rng, size)[..., None]
     pmask = _pattern_mask(pattern, rng, size, version)[..., None]
     fg = primary * (1.0 - pmask) + secondary * pmask
