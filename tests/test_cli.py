@@ -88,7 +88,7 @@ def test_commands_that_load_no_model_import_neither_diffusers_nor_transformers(t
     """``info``, ``search``, ``pull`` and ``push`` read files and talk to the Hub: quieting the model libraries'
     logging must not import them (seconds on a small machine); a model command still gets them quieted."""
     adapter = Path(__file__).resolve().parent.parent / "adapters" / "esd-red.safetensors"
-    dead = "http://127.0.0.1:9"  # nothing listens: search and pull fail fast, with our one-line error
+    dead = "http://127.0.0.1:9"  # nothing listens: search, pull and push end with our one-line error
     runs = {"info": [str(adapter)], "search": ["--endpoint", dead], "pull": ["user/repo", "--endpoint", dead],
             "push": [str(adapter), "user/repo", "--endpoint", dead]}
     for command, argv in runs.items():
