@@ -114,7 +114,8 @@ def rates(pipe, concepts: list[str], n: int, seed: int, steps: int) -> dict[str,
     """Per concept and phrasing split, the share of images judged as the concept (the pipeline as it is)."""
     import esd_lora
 
-    report = esd_lora.evaluate(pipe, concepts=concepts, n=n, seed=seed, steps=steps)
+    report = esd_lora.evaluate(pipe, concepts=concepts, n=n, seed=seed, steps=steps,
+                               progress=False)  # between training steps: no bar
     return {c: {s: report.rate(c, split=s) for s in SPLITS} for c in concepts}
 
 

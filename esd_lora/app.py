@@ -397,7 +397,8 @@ class App:
         from .evaluate import evaluate
 
         report = evaluate(self.pipeline("bundled"), adapters=self.specs(rows, names, required=False),
-                          n=number(n, "images per concept", int) or 8, concepts=concepts or None)
+                          n=number(n, "images per concept", int) or 8, concepts=concepts or None,
+                          progress=False)
         table = [[r.concept, r.dimension, r.split, round(100 * r.base), round(100 * r.adapted)] for r in report.rows]
         return table, report.grid()
 

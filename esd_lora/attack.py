@@ -43,6 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm.auto import tqdm
 
 from .erase import frozen
 from .errors import ConfigError, EmptyConceptError, UnsupportedAttackError
@@ -259,14 +260,15 @@ def attack(base=None, *, adapters: list[AdapterSpec | str], concept: str, attack
            budget: int = 200, n: int = 16, steps: int = 25, guidance_scale: float = 5.0, seed: int = 0,
            tokens: int = 4, handoff: float = 0.25, lr: float = SOFT_PROMPT_LR,
            paraphrases: str | os.PathLike | None = None, device: str | None = None, dtype: str = "auto",
-           force: bool = False) -> AttackReport:
+           force: bool = False, progress: bool = True) -> AttackReport:
     """Run recovery ``attacks`` (default: every one that applies) against ``base`` + ``adapters``.
 
     ``budget`` is the number of optimisation steps of the soft-prompt, hard-prompt and textual-inversion
     attacks; ``tokens`` the vectors of the soft and hard prompts; ``handoff`` the share of sampling steps the
     base model runs in the completion attack. ``base`` defaults to the bundled base, the only one the bundled
     judge scores (``concept`` must then be one it knows); elsewhere the rates are ``None`` and
-    :meth:`AttackReport.save` writes the images for an external judge.
+    :meth:`AttackReport.save` writes the images for an external judge. ``progress`` shows a progress bar over the
+    runs (on stderr).
     """
     from .bundled import world
 
@@ -297,7 +299,9 @@ def attack(base=None, *, adapters: list[AdapterSpec | str], concept: str, attack
         attacker = _Attacker(pipe, pool, phrasings, words, n=n, steps=steps, guidance=guidance_scale, seed=seed,
                              budget=budget, tokens=tokens, handoff=handoff, lr=lr)
         runs, rows = {}, []
-        for name in ("base", "none", *chosen):
+        bar = tqdm(("base", "none", *chosen), desc="attacking", unit="run", disable=not progress)
+        for name in bar:
+            bar.set_postfix_str(name)
             if name in _MATCHING_ATTACKS:
                 attacker.bank()  # sampled once; its time is counted in every attack that learns from it
             started = time.perf_counter()

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from .config import positive_int
 from .errors import ConfigError
@@ -97,10 +98,11 @@ class Report:
 
 def evaluate(base=None, *, adapters: list[AdapterSpec | str] = (), concepts: list[str] | None = None,
              n: int = 32, steps: int = 25, guidance_scale: float = 5.0, seed: int = 0, device: str | None = None,
-             dtype: str = "auto", batch_size: int = 128, force: bool = False) -> Report:
+             dtype: str = "auto", batch_size: int = 128, force: bool = False, progress: bool = True) -> Report:
     """Judge ``n`` images per concept and phrasing split, from the base and from base + ``adapters``.
 
-    ``base`` defaults to the bundled base model, the only one the bundled judge can score.
+    ``base`` defaults to the bundled base model, the only one the bundled judge can score. ``progress`` shows a
+    progress bar over the images (on stderr).
     """
     from .bundled import world
 
@@ -112,10 +114,13 @@ def evaluate(base=None, *, adapters: list[AdapterSpec | str] = (), concepts: lis
              seed + 10_000 * i + 1_000 * j)
             for i, c in enumerate(concepts) for j, split in enumerate(SPLITS)]
 
-    def run() -> list[list[Image.Image]]:
-        return [generate_images(pipe, prompts, s, steps, guidance_scale, batch_size) for _, _, prompts, s in plan]
+    passes = 2 if specs else 1  # the base, then base + adapters
+    with tqdm(total=passes * len(plan) * n, desc="evaluating", unit="image", disable=not progress) as bar:
+        def run() -> list[list[Image.Image]]:
+            return [generate_images(pipe, prompts, s, steps, guidance_scale, batch_size, bar=bar)
+                    for _, _, prompts, s in plan]
 
-    base_images, adapted_images, loaded = with_and_without(pipe, specs, run, force=force)
+        base_images, adapted_images, loaded = with_and_without(pipe, specs, run, force=force)
 
     rows, samples = [], {}
     for (concept, split, _, _), before, after in zip(plan, base_images, adapted_images):
@@ -178,11 +183,12 @@ def read_prompts_csv(path: str | os.PathLike) -> list[dict]:
 def generate_for_judges(base, prompts_csv: str | os.PathLike, out: str | os.PathLike, *,
                         adapters: list[AdapterSpec | str] = (), steps: int = 50, guidance_scale: float = 7.5,
                         device: str | None = None, dtype: str = "auto", overwrite: bool = False,
-                        force: bool = False) -> Path:
+                        force: bool = False, progress: bool = True) -> Path:
     """For each CSV row, generate its image from the base and from base + adapters, seeded by the row.
 
     Writes ``base/<case_number>.png``, ``adapted/<case_number>.png`` and ``manifest.csv`` (one row per image:
-    case_number, prompt, evaluation_seed, model, path) into the folder ``out``.
+    case_number, prompt, evaluation_seed, model, path) into the folder ``out``; ``progress`` shows a progress bar
+    over the images (on stderr).
     """
     check_folder(out, overwrite=overwrite)
     rows = read_prompts_csv(prompts_csv)
@@ -190,17 +196,20 @@ def generate_for_judges(base, prompts_csv: str | os.PathLike, out: str | os.Path
     pipe = as_pipeline(base or "bundled", device=device, dtype=dtype)
     loaded = apply_adapters(pipe, specs, force=force) if specs else []
 
+    models = ("base", "adapted") if loaded else ("base",)
+
     def write(folder: Path) -> None:
-        with (folder / "manifest.csv").open("w", newline="") as f:
+        with (folder / "manifest.csv").open("w", newline="") as f, \
+                tqdm(total=len(models) * len(rows), desc="generating", unit="image", disable=not progress) as bar:
             manifest = csv.writer(f)
             manifest.writerow(["case_number", "prompt", "evaluation_seed", "model", "path"])
-            for model in ("base", "adapted") if loaded else ("base",):
+            for model in models:
                 (folder / model).mkdir()
                 if loaded:
                     (pipe.disable_lora if model == "base" else pipe.enable_lora)()
                 for row in rows:
                     image = generate_images(pipe, [row["prompt"]], row["evaluation_seed"], steps,
-                                            guidance_scale, 1)[0]
+                                            guidance_scale, 1, bar=bar)[0]
                     name = f"{model}/{row['case_number']}.png"
                     image.save(folder / name)
                     manifest.writerow([row["case_number"], row["prompt"], row["evaluation_seed"], model, name])
@@ -219,14 +228,16 @@ def sample_prompts(pool: list[str], n: int, seed: int) -> list[str]:
 
 
 @torch.no_grad()
-def generate_images(pipe, prompts: list[str], seed: int, steps: int, guidance: float, batch_size: int,
-                    **pipe_kwargs) -> list[Image.Image]:
+def generate_images(pipe, prompts: list[str], seed: int, steps: int, guidance: float, batch_size: int, *,
+                    bar: tqdm | None = None, **pipe_kwargs) -> list[Image.Image]:
     """One image per prompt, image ``j`` from seed ``seed + j``, in batches; ``pipe_kwargs`` go to the pipeline
-    (``output_type="latent"`` gives latents instead of PIL images)."""
+    (``output_type="latent"`` gives latents instead of PIL images); ``bar`` (a progress bar) counts the images."""
     images = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
         generators = [torch.Generator().manual_seed(seed + start + j) for j in range(len(batch))]
         images += pipe(batch, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
                        **{"output_type": "pil", **pipe_kwargs}).images
+        if bar is not None:
+            bar.update(len(batch))
     return images

@@ -117,8 +117,9 @@ def test_cli_on_a_base_without_judge_writes_images_and_manifest(tiny_dirs, sd1_a
     argv = ["attack", "--base", str(tiny_dirs["sd1"]), "--adapter", str(sd1_adapter), "--concept", "red",
             "--n", "2", "--steps", "2", "--budget", "2", "--paraphrases", str(paraphrases), "--out", str(out)]
     assert main(argv) == 0
-    printed = capsys.readouterr().out
+    printed, progress = capsys.readouterr()
     assert (out / "report.txt").read_text().strip() in printed
+    assert "attacking: 100%" in progress and " 7/7 " in progress  # base, no attack, then the five attacks
     assert "no judge for this base" in printed
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert [r["attack"] for r in rows] == ["none", "paraphrase", *OPTIMISING, "completion"]
@@ -128,7 +129,8 @@ def test_cli_on_a_base_without_judge_writes_images_and_manifest(tiny_dirs, sd1_a
     assert {m["prompt"] for m in manifest if m["run"] == "paraphrase"} <= {"crimson", "a scarlet box"}
     assert all((out / m["path"]).is_file() and m["judged_as_concept"] == "" for m in manifest)
     assert main(argv) == 1 and "already exists" in capsys.readouterr().err
-    assert main([*argv[:-2], "--attacks", "completion", "--out", str(out), "--overwrite"]) == 0
+    assert main([*argv[:-2], "--attacks", "completion", "--out", str(out), "--overwrite", "--quiet"]) == 0
+    assert "attacking" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("options, error, match", [

@@ -50,11 +50,13 @@ def test_bad_prompts_csv(tmp_path, content, match):
         read_prompts_csv(path)
 
 
-def test_prompts_csv_writes_images_and_manifest(tiny_dirs, sd1_adapter, tmp_path):
+def test_prompts_csv_writes_images_and_manifest(tiny_dirs, sd1_adapter, tmp_path, capsys):
     prompts = tmp_path / "prompts.csv"
     prompts.write_text("prompt,evaluation_seed,case_number\nred,1,10\nblue,2,11\n")
     out = generate_for_judges(tiny_dirs["sd1"], prompts, tmp_path / "images", adapters=[str(sd1_adapter)],
                               steps=2, force=False)
+    progress = capsys.readouterr().err  # a bar over the images: 2 rows, base then adapted
+    assert "generating: 100%" in progress and " 4/4 " in progress
     with (out / "manifest.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [(r["model"], r["case_number"]) for r in rows] == [("base", "10"), ("base", "11"), ("adapted", "10"),
@@ -72,6 +74,16 @@ def test_cli_evaluate_prints_the_saved_table(tiny_dirs, tmp_path, capsys):
     assert main(argv) == 1 and "already exists" in capsys.readouterr().err
     assert main(["evaluate", "--base", base, "--concept", "purple", "--n", "4"]) == 1
     assert "it knows" in capsys.readouterr().err
+
+
+def test_cli_evaluate_shows_a_progress_bar_unless_quiet(tiny_dirs, sd1_adapter, capsys):
+    argv = ["evaluate", "--base", str(tiny_dirs["sd1"]), "--adapter", str(sd1_adapter), "--concept", "blue",
+            "--n", "3", "--steps", "2"]
+    assert main(argv) == 0
+    progress = capsys.readouterr().err  # 1 concept x 2 phrasing splits x 3 images, base then adapted
+    assert "evaluating: 100%" in progress and " 12/12 " in progress
+    assert main([*argv, "--quiet"]) == 0
+    assert "evaluating" not in capsys.readouterr().err
 
 
 def test_kept_is_each_other_concepts_rate_relative_to_its_base():

@@ -235,7 +235,9 @@ def test_cli_push_pull_search(hub, sd1_adapter, report_dir, tmp_path, capsys):
 
     hub.repos["me/no-red"].private = False  # the listing shows public repos
     assert main(["search", "red", "--endpoint", hub.url]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    assert captured.err == f"searching {hub.url} ...\n"  # before the listing, which a dead endpoint retries
+    lines = captured.out.splitlines()
     assert lines[0].split() == ["repo", "concepts", "method", "base", "downloads"]
     assert lines[1].split()[:3] == ["me/no-red", "red", "esd-x"]
     assert main(["search", "zebra", "--endpoint", hub.url]) == 0

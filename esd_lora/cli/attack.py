@@ -42,6 +42,7 @@ def register(sub) -> None:
                    help="output folder (report.json, report.txt, grid.png, images/, manifest.csv); default on a "
                         "base without judge: esd-attack-<concept>")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
@@ -53,7 +54,7 @@ def run(args) -> int:
     report = attack(args.base, adapters=args.adapter, concept=args.concept, attacks=args.attacks,
                     budget=args.budget, n=args.n, steps=args.steps, guidance_scale=args.guidance_scale,
                     seed=args.seed, tokens=args.tokens, handoff=args.handoff, paraphrases=args.paraphrases,
-                    device=args.device, dtype=args.dtype, force=args.force)
+                    device=args.device, dtype=args.dtype, force=args.force, progress=not args.quiet)
     print(report.table())
     if out:
         saved = report.save(out, overwrite=args.overwrite)

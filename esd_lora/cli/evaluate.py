@@ -29,6 +29,7 @@ def register(sub) -> None:
     add_device(p)
     p.add_argument("--out", default=None, help="output folder (report.json, report.txt, grid.png)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
@@ -37,14 +38,15 @@ def run(args) -> int:
     if args.prompts:
         out = generate_for_judges(args.base, args.prompts, args.out or "esd-eval-images", adapters=args.adapter,
                                   steps=args.steps, guidance_scale=args.guidance_scale, device=args.device,
-                                  dtype=args.dtype, overwrite=args.overwrite, force=args.force)
+                                  dtype=args.dtype, overwrite=args.overwrite, force=args.force,
+                                  progress=not args.quiet)
         print(f"wrote images and {out / 'manifest.csv'}: score them with your judge")
         return 0
     if args.out:
         check_folder(args.out, overwrite=args.overwrite)  # before minutes of generation, not after
     report = evaluate(args.base, adapters=args.adapter, concepts=args.concept, n=args.n, steps=args.steps,
                       guidance_scale=args.guidance_scale, seed=args.seed, device=args.device, dtype=args.dtype,
-                      force=args.force)
+                      force=args.force, progress=not args.quiet)
     print(report.table())
     if args.out:
         out = report.save(args.out, overwrite=args.overwrite)

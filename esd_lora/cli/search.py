@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from ._common import add_command
 from ._hub import add_endpoint
@@ -26,6 +27,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..hub import hub_endpoint, search_adapters
 
+    # on stderr (stdout may be --json): an unreachable endpoint is retried for about half a minute before the error
+    print(f"searching {hub_endpoint(args.endpoint)} ...", file=sys.stderr, flush=True)
     found = search_adapters(args.text, base=args.base, endpoint=args.endpoint, limit=args.limit)
     if args.json:
         print(json.dumps(found, indent=2))
