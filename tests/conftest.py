@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -9,7 +10,29 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_models  # noqa: E402
 
-torch.set_num_threads(2)
+# Two torch threads, as on the 2-core CI machine, or the cores shared among pytest-xdist's workers (the README's
+# `-n 2` on 2 cores: one thread each, and the same for the command-line runs the tests start).
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 2) // _workers))
+torch.set_num_threads(THREADS)
+if _workers > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first: with the README's `-n 2` (whole files to a worker, in this order) a file of several minutes
+    starts at once beside the short ones, rather than last and alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture
+def two_threads():
+    """Two torch threads for this test, whatever the worker count: a seeded erasure's weights depend on the thread
+    count (float sums in another order; the adapter trains on its own samples, so the difference grows)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
