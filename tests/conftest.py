@@ -19,16 +19,11 @@ if _workers > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 
-def pytest_collection_modifyitems(config, items):
-    """Slow tests first: with the README's `-n 2` (whole files to a worker, in this order) a file of several minutes
-    starts at once beside the short ones, rather than last and alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 @pytest.fixture
 def two_threads():
     """Two torch threads for this test, whatever the worker count: a seeded erasure's weights depend on the thread
-    count (float sums in another order; the adapter trains on its own samples, so the difference grows)."""
+    count (float sums in another order; the adapter trains on its own samples, so the difference grows). Beside
+    another busy worker on 2 cores it runs 3-4x slower: the README runs such tests in a second, serial command."""
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     yield

@@ -5,10 +5,9 @@ synonyms) and every other concept keeps >= 90% of its base rate. Efficacy is ass
 split (<= 4 of 32): the same seeded erasure passed at <= 3 of 32 on the machines of earlier CI runs and left 4 of 32
 held-out images red on another (float rounding differs between CPUs and changes the trajectories; README: the
 default misses the bar at some seeds). Specificity is asserted at >= 80% of the base rate, over the concepts the
-base draws reliably (>= 90%), on 16 images per split rather than 32 (half the time; from 32 to 16, the rates of a
-run that judged both moved by at most 8 points, dotted's): the default erasure of red keeps >= 92% of most concepts
-but 82-85% of striped (README, "Settings tried for specificity"), so the 90% bar is not met yet. Slow (about 6
-minutes on 2 CPU cores); CI runs it.
+base draws reliably (>= 90%): the default erasure of red keeps >= 92% of most concepts but 90% of solid and 85% of
+striped (README, "The default erasure and the thread count"), so the 90% bar is not met yet. Slow (about 9 minutes
+on 2 CPU cores); CI runs it, alone (README: the second pytest command).
 
 The test trains with 2 torch threads, as it was measured, also under pytest-xdist's one thread a worker: with 1
 thread the same seeded erasure trains other weights (50% apart) and erases red with more collateral damage (solid
@@ -29,14 +28,11 @@ def test_default_erasure_of_red_end_to_end(tmp_path, two_threads):
     out = tmp_path / "no-red.safetensors"
     adapter = esd_lora.erase(bundled, "red", out=out, progress=False)
     print(f"erased red in {adapter.metadata.wall_time_s:.0f} s")  # the time budget is a benchmark's job
-    erased = esd_lora.evaluate(bundled, adapters=[str(out)], concepts=["red"], n=32, seed=1)
-    print(erased.table())
-    assert erased.rate("red", "base") >= 0.9
+    report = esd_lora.evaluate(bundled, adapters=[str(out)], n=32, seed=1)
+    print(report.table())
+    assert report.rate("red", "base") >= 0.9
     for split in ("train", "held-out"):  # held-out: unseen templates and synonyms (ruby, ...)
-        assert erased.rate("red", "adapted", split) <= 4 / 32, f"red not erased ({split})"
-    others = [c for c in world.all_concepts() if c != "red"]
-    spared = esd_lora.evaluate(bundled, adapters=[str(out)], concepts=others, n=16, seed=1)
-    print(spared.table())
-    for other in others:
-        if spared.rate(other, "base") >= 0.9:
-            assert spared.rate(other) >= 0.8 * spared.rate(other, "base"), f"erasing red damaged {other}"
+        assert report.rate("red", "adapted", split) <= 4 / 32, f"red not erased ({split})"
+    for other in world.all_concepts():
+        if other != "red" and report.rate(other, "base") >= 0.9:
+            assert report.rate(other) >= 0.8 * report.rate(other, "base"), f"erasing red damaged {other}"
