@@ -114,13 +114,21 @@ def evaluate(base=None, *, adapters: list[AdapterSpec | str] = (), concepts: lis
              seed + 10_000 * i + 1_000 * j)
             for i, c in enumerate(concepts) for j, split in enumerate(SPLITS)]
 
-    passes = 2 if specs else 1  # the base, then base + adapters
-    with tqdm(total=passes * len(plan) * n, desc="evaluating", unit="image", disable=not progress) as bar:
-        def run() -> list[list[Image.Image]]:
-            return [generate_images(pipe, prompts, s, steps, guidance_scale, batch_size, bar=bar)
-                    for _, _, prompts, s in plan]
+    bar = None
 
+    def run() -> list[list[Image.Image]]:
+        nonlocal bar  # made once the adapters are checked: a bad one is a one-line error, with no bar above it
+        if bar is None:
+            passes = 2 if specs else 1  # the base, then base + adapters
+            bar = tqdm(total=passes * len(plan) * n, desc="evaluating", unit="image", disable=not progress)
+        return [generate_images(pipe, prompts, s, steps, guidance_scale, batch_size, bar=bar)
+                for _, _, prompts, s in plan]
+
+    try:
         base_images, adapted_images, loaded = with_and_without(pipe, specs, run, force=force)
+    finally:
+        if bar is not None:
+            bar.close()
 
     rows, samples = [], {}
     for (concept, split, _, _), before, after in zip(plan, base_images, adapted_images):

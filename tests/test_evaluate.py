@@ -1,5 +1,6 @@
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -84,6 +85,11 @@ def test_cli_evaluate_shows_a_progress_bar_unless_quiet(tiny_dirs, sd1_adapter, 
     assert "evaluating: 100%" in progress and " 12/12 " in progress
     assert main([*argv, "--quiet"]) == 0
     assert "evaluating" not in capsys.readouterr().err
+    misfit = Path(__file__).resolve().parent.parent / "adapters" / "esd-red.safetensors"  # trained on the bundled base
+    argv[argv.index(str(sd1_adapter))] = str(misfit)
+    assert main(argv) == 1
+    err = capsys.readouterr().err  # checked before the bar is drawn: the error alone
+    assert err.startswith("error: ") and "does not fit this base" in err and err.count("\n") == 1, err
 
 
 def test_kept_is_each_other_concepts_rate_relative_to_its_base():
