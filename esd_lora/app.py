@@ -392,13 +392,13 @@ class App:
         return self.push(push_folder, folder, "merge the stack first", repo_id, private, token)
 
     @visible_errors
-    def evaluate(self, rows, names, n, concepts):
-        """The bundled judge's report on the bundled base, with and without the stack: table and grid."""
+    def evaluate(self, rows, names, n, concepts, progress=gr.Progress(track_tqdm=True)):
+        """The bundled judge's report on the bundled base, with and without the stack: table and grid. Gradio shows
+        evaluate's progress bar (minutes of images) over the report while it runs."""
         from .evaluate import evaluate
 
         report = evaluate(self.pipeline("bundled"), adapters=self.specs(rows, names, required=False),
-                          n=number(n, "images per concept", int) or 8, concepts=concepts or None,
-                          progress=False)
+                          n=number(n, "images per concept", int) or 8, concepts=concepts or None)
         table = [[r.concept, r.dimension, r.split, round(100 * r.base), round(100 * r.adapted)] for r in report.rows]
         return table, report.grid()
 
@@ -522,10 +522,10 @@ def build_app(app: App | None = None) -> gr.Blocks:
             gr.Markdown("The bundled judge scores images of the bundled base with and without the stack "
                         "(share of images still showing each concept).")
             with gr.Row():
-                n = gr.Number(8, label="Images per concept and split", precision=0)
+                n = gr.Number(8, label="Images per concept and split", precision=0, elem_id="eval-n")
                 judged = gr.Dropdown(world.all_concepts(), multiselect=True, label="Concepts (blank: all)")
             evaluate_btn = gr.Button("Evaluate", variant="primary", elem_id="evaluate-btn")
-            report = gr.Dataframe(headers=REPORT_HEADERS, label="Report", interactive=False)
+            report = gr.Dataframe(headers=REPORT_HEADERS, label="Report", interactive=False, elem_id="report")
             grid = gr.Image(label="Samples", type="pil", format="png", interactive=False)
 
         model = {"concurrency_id": MODEL_QUEUE, "concurrency_limit": 1}

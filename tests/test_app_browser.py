@@ -160,3 +160,12 @@ def test_erase_then_compare_shows_different_images(page, tmp_path):
     screenshot = Path(os.environ.get("ESD_LORA_SCREENSHOT") or tmp_path / "app.png")
     page.screenshot(path=screenshot, full_page=True)
     assert screenshot.stat().st_size > 0
+
+
+def test_evaluate_shows_its_progress_then_the_report(page):
+    page.get_by_role("tab", name="Evaluate").click()
+    page.locator("#eval-n").get_by_role("spinbutton").fill("1")  # every concept, both splits: 26 images
+    page.click("#evaluate-btn")
+    expect(page.locator("#report")).to_contain_text("evaluating", timeout=JOB_MS)  # gradio's bar over the report
+    expect(page.locator("#report")).to_contain_text("checkered", timeout=JOB_MS)  # the last concept of the table
+    expect(page.locator("#report")).not_to_contain_text("evaluating")
