@@ -299,21 +299,22 @@ def attack(base=None, *, adapters: list[AdapterSpec | str], concept: str, attack
         attacker = _Attacker(pipe, pool, phrasings, words, n=n, steps=steps, guidance=guidance_scale, seed=seed,
                              budget=budget, tokens=tokens, handoff=handoff, lr=lr)
         runs, rows = {}, []
-        bar = tqdm(("base", "none", *chosen), desc="attacking", unit="run", disable=not progress)
-        for name in bar:
-            bar.set_postfix_str(name)
-            if name in _MATCHING_ATTACKS:
-                attacker.bank()  # sampled once; its time is counted in every attack that learns from it
-            started = time.perf_counter()
-            run, spent, unit, detail = attacker.run(name)
-            seconds = time.perf_counter() - started + attacker.bank_seconds(name)
-            if judged:
-                run.judged = judged_as(run.images, concept)
-            runs[name] = run
-            if name != "base":
-                hits = sum(run.judged) if judged else None
-                rows.append(AttackResult(name, hits / len(run.images) if judged else None, hits, len(run.images),
-                                         spent, unit, round(seconds, 2), detail))
+        # closed also when a run fails, so the error is not printed into a half-drawn bar
+        with tqdm(("base", "none", *chosen), desc="attacking", unit="run", disable=not progress) as bar:
+            for name in bar:
+                bar.set_postfix_str(name)
+                if name in _MATCHING_ATTACKS:
+                    attacker.bank()  # sampled once; its time is counted in every attack that learns from it
+                started = time.perf_counter()
+                run, spent, unit, detail = attacker.run(name)
+                seconds = time.perf_counter() - started + attacker.bank_seconds(name)
+                if judged:
+                    run.judged = judged_as(run.images, concept)
+                runs[name] = run
+                if name != "base":
+                    hits = sum(run.judged) if judged else None
+                    rows.append(AttackResult(name, hits / len(run.images) if judged else None, hits,
+                                             len(run.images), spent, unit, round(seconds, 2), detail))
     finally:
         pipe.unload_lora_weights()
     settings = {"base": str(getattr(pipe, "name_or_path", base)), "n": n, "steps": steps,

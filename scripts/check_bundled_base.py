@@ -96,7 +96,8 @@ def write_card(model: Path, scores: dict, args: argparse.Namespace) -> None:
     count = lambda m: f"{sum(p.numel() for p in m.parameters()) / 1e6:.2f} M"  # noqa: E731
     unet, vae = pipe.unet.config, pipe.vae.config
     parts = [
-        {"name": "autoencoder", "desc": f"`AutoencoderKL`, 32x32x3 -> 8x8x{vae.latent_channels}", "params": count(pipe.vae)},
+        {"name": "autoencoder", "desc": f"`AutoencoderKL`, 32x32x3 -> {unet.sample_size}x{unet.sample_size}x"
+                                        f"{vae.latent_channels}", "params": count(pipe.vae)},
         {"name": "denoiser", "desc": f"`UNet2DConditionModel`, blocks {tuple(unet.block_out_channels)}, "
                                      f"cross-attention dim {unet.cross_attention_dim}", "params": count(pipe.unet)},
         {"name": "text encoder", "desc": f"`CLIPTextModel`, {pipe.text_encoder.config.num_hidden_layers} layers, "

@@ -9,6 +9,7 @@ random pipelines.
 """
 
 import csv
+import importlib
 import json
 
 import pytest
@@ -27,6 +28,7 @@ from esd_lora.evaluate import UnknownConceptError
 from esd_lora.families import load_pipeline
 
 OPTIMISING = ("soft-prompt", "hard-prompt", "textual-inversion")
+attack_module = importlib.import_module("esd_lora.attack")  # esd_lora.attack is also the function
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +133,24 @@ def test_cli_on_a_base_without_judge_writes_images_and_manifest(tiny_dirs, sd1_a
     assert main(argv) == 1 and "already exists" in capsys.readouterr().err
     assert main([*argv[:-2], "--attacks", "completion", "--out", str(out), "--overwrite", "--quiet"]) == 0
     assert "attacking" not in capsys.readouterr().err
+
+
+def test_a_run_that_fails_closes_the_bar_before_the_error(tiny_dirs, sd1_adapter, monkeypatch, capsys):
+    """The bar is finished on its own line, then the one-line error: not the error appended to a half-drawn bar."""
+    run = attack_module._Attacker.run
+
+    def failing(self, name):
+        if name == "none":
+            raise ConfigError("the attack went wrong")
+        return run(self, name)
+
+    monkeypatch.setattr(attack_module._Attacker, "run", failing)
+    argv = ["attack", "--base", str(tiny_dirs["sd1"]), "--adapter", str(sd1_adapter), "--concept", "red",
+            "--n", "1", "--steps", "1", "--attacks", "completion"]
+    assert main(argv) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1] == "error: the attack went wrong"
+    assert "attacking:" in lines[-2] and " 1/3 " in lines[-2]  # the base run done, then the failure
 
 
 @pytest.mark.parametrize("options, error, match", [

@@ -91,3 +91,33 @@ def test_judge_file_that_holds_no_judge_is_a_one_line_error(load_script, monkeyp
         module.parse_args() if hasattr(module, "parse_args") else module.main()
     assert exit_info.value.code == 2
     assert "notes.safetensors: not the weights of a bundled judge (" in capsys.readouterr().err
+
+
+def test_a_16x16_latent_build_assembles_a_pipeline_of_32x32_images(build, tmp_path):
+    """--latent-size 16: a 16x16x4 autoencoder and a UNet with a 16x16 level in front, saved as a stock pipeline
+    that draws 32x32 images like the shipped base (diffusers derives the image size from the two configs)."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    import esd_lora
+
+    tokenizer = CLIPTokenizer.from_pretrained(esd_lora.BUNDLED_BASE, subfolder="tokenizer")
+    torch.manual_seed(0)
+    vae, unet = build.make_vae(16), build.make_unet(128, 16)
+    assert vae.encode(torch.zeros(1, 3, 32, 32)).latent_dist.mean.shape == (1, 4, 16, 16)
+    assert unet.config.down_block_types == ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                                            "DownBlock2D")
+    build.save_pipeline(tmp_path / "base", vae, unet, build.make_text_encoder(tokenizer), tokenizer)
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "base", safety_checker=None, feature_extractor=None,
+                                                   requires_safety_checker=False)
+    image = pipe("a red circle", num_inference_steps=2, output_type="np").images[0]
+    assert image.shape == (32, 32, 3)
+    assert build.make_unet(128).config.sample_size == 8  # the default stays the shipped base's architecture
+
+
+def test_latent_size_with_resume_is_a_one_line_error(build, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["build", "--resume", "esd_lora/bundled/base", "--latent-size", "16"])
+    with pytest.raises(SystemExit) as exit_info:
+        build.parse_args()
+    assert exit_info.value.code == 2
+    assert "--latent-size is for a build from scratch" in capsys.readouterr().err
