@@ -546,7 +546,8 @@ def parse_args() -> argparse.Namespace:
     args.oversample = parse_oversample(args.oversample)
     if args.resume is not None and args.latent_size is not None:
         p.error("--latent-size is for a build from scratch: --resume keeps the latent grid of the build it continues")
-    args.latent_size = args.latent_size or 8
+    if args.resume is None:  # resumed, the grid is the earlier build's (its UNet is continued, no new one made)
+        args.latent_size = args.latent_size or 8
     if args.judge is not None and (problem := weights_problem(args.judge)):
         p.error(f"--judge {args.judge}: {problem}")
     if args.judge is None and args.world_version != world.WORLD_VERSION:
