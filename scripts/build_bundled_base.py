@@ -255,6 +255,8 @@ class Clock:
         self.budget_s = budget_s
 
     def progress(self, step: int) -> float:
+        if self.budget_s <= 0:  # spent before the clock started (elapsed / a negative budget would never reach 1)
+            return 1.0
         return max(step / self.total_steps, (time.time() - self.start) / self.budget_s)
 
     def done(self, step: int) -> bool:
@@ -607,6 +609,9 @@ def main() -> None:
                 vae, 500, args.seed + 777, args.world_version)
         print(f"judge accuracy on VAE reconstructions: {stage['judge_accuracy_on_vae_reconstructions']}", flush=True)
     budget_s = 60 * args.budget_minutes - (time.time() - t0) if args.budget_minutes else math.inf
+    if budget_s <= 0:
+        print(f"note: --budget-minutes {args.budget_minutes} was spent before the UNet started; training one step",
+              flush=True)
     latents = (mean * scaling, std * scaling)
     unet = train_unet(latents, attrs, CaptionTokens(tokenizer), text_encoder, args, gen, rng, governor, budget_s, start_unet)
 

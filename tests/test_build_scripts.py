@@ -121,3 +121,16 @@ def test_latent_size_with_resume_is_a_one_line_error(build, monkeypatch, capsys)
         build.parse_args()
     assert exit_info.value.code == 2
     assert "--latent-size is for a build from scratch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("budget_s", [0.0, -30.0])
+def test_a_budget_spent_before_the_unet_starts_ends_training_after_its_first_step(build, budget_s):
+    # main() hands the UNet what is left of --budget-minutes after the VAE and text encoder: it can be <= 0
+    clock = build.Clock(total_steps=1000, budget_s=budget_s)
+    assert clock.done(1)
+    assert build.cosine_lr(clock.progress(1)) == pytest.approx(0.1)  # the end of the schedule, not a warm-up
+
+
+def test_a_budget_with_time_left_runs_by_its_steps(build):
+    clock = build.Clock(total_steps=1000, budget_s=3600.0)
+    assert not clock.done(999) and clock.done(1000)
