@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .base_rates import stored_rates
 from .config import positive_int
 from .errors import ConfigError
 from .families import as_pipeline
@@ -31,6 +32,8 @@ from .stack import AdapterSpec, apply_adapters, parse_adapter_specs, with_and_wi
 
 SPLITS = ("train", "held-out")
 CSV_COLUMNS = ("prompt", "evaluation_seed", "case_number")
+GRID_SAMPLES = 4
+"""Base images per concept in the grid of a report whose base rates were read from a stored measurement."""
 
 
 class UnknownConceptError(ConfigError):
@@ -73,6 +76,8 @@ class Report:
         for r in self.rows:
             lines.append(f"{r.concept:<10} {r.dimension:<9} {r.split:<8} {r.base:>6.0%} {r.adapted:>8.0%}  "
                          f"{(r.adapted - r.base) * 100:+.0f} pts")
+        if "base_rates" in self.settings:
+            lines.append(self.settings["base_rates"])
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -83,6 +88,8 @@ class Report:
         if not self.adapters:
             return compare_grid({c: images["base"][:per_concept] for c, images in self.samples.items()},
                                 title="base model")
+        # stored base rates: the grid's base images are all the base images there are (GRID_SAMPLES a concept)
+        per_concept = min([per_concept, *(len(images["base"]) for images in self.samples.values())])
         rows = {concept: images["base"][:per_concept] + images["adapted"][:per_concept]
                 for concept, images in self.samples.items()}
         return compare_grid(rows, title=f"left {per_concept}: base, right {per_concept}: with adapters")
@@ -98,11 +105,15 @@ class Report:
 
 def evaluate(base=None, *, adapters: list[AdapterSpec | str] = (), concepts: list[str] | None = None,
              n: int = 32, steps: int = 25, guidance_scale: float = 5.0, seed: int = 0, device: str | None = None,
-             dtype: str = "auto", batch_size: int = 128, force: bool = False, progress: bool = True) -> Report:
+             dtype: str = "auto", batch_size: int = 128, force: bool = False, fresh_base: bool = False,
+             progress: bool = True) -> Report:
     """Judge ``n`` images per concept and phrasing split, from the base and from base + ``adapters``.
 
-    ``base`` defaults to the bundled base model, the only one the bundled judge can score. ``progress`` shows a
-    progress bar over the images (on stderr).
+    ``base`` defaults to the bundled base model, the only one the bundled judge can score. With adapters, the base's
+    rates are read from the base folder's stored measurement when one fits (the same weights, settings and
+    concepts, fp32 on the CPU; :mod:`esd_lora.base_rates`), and only the grid's few base images are generated;
+    ``fresh_base=True`` generates and judges them all again. ``progress`` shows a progress bar over the images
+    (on stderr).
     """
     from .bundled import world
 
@@ -110,22 +121,27 @@ def evaluate(base=None, *, adapters: list[AdapterSpec | str] = (), concepts: lis
     positive_int("n", n)
     specs = parse_adapter_specs(adapters)
     pipe = as_pipeline(base or "bundled", device=device, dtype=dtype)
-    plan = [(c, split, sample_prompts(world.prompts_for(c, split), n, seed + 100 * i + j),
-             seed + 10_000 * i + 1_000 * j)
-            for i, c in enumerate(concepts) for j, split in enumerate(SPLITS)]
+    plan = evaluation_plan(concepts, n, seed)
+    settings = {"base": str(getattr(pipe, "name_or_path", base)), "n": n, "steps": steps,
+                "guidance_scale": guidance_scale, "seed": seed}
+    stored = None if fresh_base or not specs else stored_rates(pipe, settings, concepts)
 
     bar = None
 
-    def run() -> list[list[Image.Image]]:
+    def run(count: int = n, splits: tuple[str, ...] = SPLITS) -> list[list[Image.Image]]:
+        """The first ``count`` images of each planned concept and split in ``splits`` (none of the others)."""
         nonlocal bar  # made once the adapters are checked: a bad one is a one-line error, with no bar above it
         if bar is None:
-            passes = 2 if specs else 1  # the base, then base + adapters
-            bar = tqdm(total=passes * len(plan) * n, desc="evaluating", unit="image", disable=not progress)
-        return [generate_images(pipe, prompts, s, steps, guidance_scale, batch_size, bar=bar)
-                for _, _, prompts, s in plan]
+            base_pass = len(concepts) * min(GRID_SAMPLES, n) if stored else len(plan) * n  # then base + adapters
+            bar = tqdm(total=base_pass + (len(plan) * n if specs else 0), desc="evaluating", unit="image",
+                       disable=not progress)
+        return [generate_images(pipe, prompts[:count], s, steps, guidance_scale, batch_size, bar=bar)
+                if split in splits else [] for _, split, prompts, s in plan]
 
+    grid_images = lambda: run(min(GRID_SAMPLES, n), ("train",))  # noqa: E731  (the stored rates' grid row)
     try:
-        base_images, adapted_images, loaded = with_and_without(pipe, specs, run, force=force)
+        base_images, adapted_images, loaded = with_and_without(pipe, specs, run, force=force,
+                                                               base_run=grid_images if stored else None)
     finally:
         if bar is not None:
             bar.close()
@@ -134,16 +150,26 @@ def evaluate(base=None, *, adapters: list[AdapterSpec | str] = (), concepts: lis
     for (concept, split, _, _), before, after in zip(plan, base_images, adapted_images):
         dim = world.concept_dimension(concept)
         rate = lambda images: float(np.mean(judged_as(images, concept)))  # noqa: E731
-        base_rate = rate(before)
+        base_rate = stored[0][concept][split] if stored else rate(before)
         adapted_rate = base_rate if after is before else rate(after)  # no adapters: the very same images
-        rows.append(ConceptScore(concept, dim, split, base_rate, adapted_rate, len(before)))
+        rows.append(ConceptScore(concept, dim, split, base_rate, adapted_rate, n))
         if split == "train":
             samples[concept] = {"base": before, "adapted": after}
-    settings = {"base": str(getattr(pipe, "name_or_path", base)), "n": n, "steps": steps,
-                "guidance_scale": guidance_scale, "seed": seed}
+    if stored:
+        settings["base_rates"] = stored[1]
     described = [{"source": s.source, "weight": s.weight, "concepts": a.metadata.config.concepts,
                   "method": a.metadata.config.method} for s, a in zip(specs, loaded)]
     return Report(rows=rows, settings=settings, adapters=described, samples=samples)
+
+
+def evaluation_plan(concepts: list[str], n: int, seed: int) -> list[tuple[str, str, list[str], int]]:
+    """``(concept, split, prompts, first seed)`` for each concept and phrasing split, in order: the ``n`` prompts
+    and seeds follow the concept's place in ``concepts`` (another list or order gives other images)."""
+    from .bundled import world
+
+    return [(c, split, sample_prompts(world.prompts_for(c, split), n, seed + 100 * i + j),
+             seed + 10_000 * i + 1_000 * j)
+            for i, c in enumerate(concepts) for j, split in enumerate(SPLITS)]
 
 
 def check_known(concepts: list[str]) -> list[str]:

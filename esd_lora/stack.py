@@ -100,12 +100,13 @@ def load_stack(specs: list[AdapterSpec], *, force: bool = False) -> list[Adapter
     return adapters
 
 
-def with_and_without(pipe, specs: list[AdapterSpec], run: Callable[[], T], *,
-                     force: bool = False) -> tuple[T, T, list[Adapter]]:
+def with_and_without(pipe, specs: list[AdapterSpec], run: Callable[[], T], *, force: bool = False,
+                     base_run: Callable[[], T] | None = None) -> tuple[T, T, list[Adapter]]:
     """``run()`` on the base, then on base + ``specs`` (same call, so same prompts and seeds).
 
     Returns both results and the adapters; the adapters are unloaded afterwards, also after an error. Without
-    adapters ``run`` is called once and its result returned twice.
+    adapters ``run`` is called once and its result returned twice. ``base_run``, if given, is called on the base
+    instead of ``run``.
     """
     if not specs:
         result = run()
@@ -113,7 +114,7 @@ def with_and_without(pipe, specs: list[AdapterSpec], run: Callable[[], T], *,
     adapters = apply_adapters(pipe, specs, force=force)  # every file checked before any work is done
     try:
         pipe.disable_lora()
-        base = run()
+        base = (base_run or run)()
         pipe.enable_lora()
         adapted = run()
     finally:

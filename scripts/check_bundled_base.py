@@ -13,6 +13,8 @@ Usage::
 
 ``--card`` (re)writes the model card ``README.md`` of the model folder with the measured table and the build facts
 of its ``build_info.json``.
+``--store-rates`` adds the measured rates to the model folder's ``base_rates.json``: ``esd-lora evaluate`` reads
+them instead of generating the base's images when the weights and its settings match (``esd_lora.base_rates``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ sys.path.insert(0, str(REPO_ROOT))
 from huggingface_hub import ModelCard, ModelCardData  # noqa: E402
 
 from esd_lora import BUNDLED_BASE, evaluate  # noqa: E402
+from esd_lora.base_rates import store_rates  # noqa: E402
 from esd_lora.bundled.judge import WEIGHTS_PATH, weights_from, weights_problem  # noqa: E402
+from esd_lora.families import load_pipeline  # noqa: E402
 
 CARD = """---
 {{ card_data }}
@@ -83,6 +87,13 @@ Held-out phrasings use templates the model never saw, or held-out synonyms.
 `esd_lora.json` holds the erasure settings esd-lora uses on this base unless told otherwise (a small model needs
 a higher learning rate than Stable Diffusion).
 
+## Stored rates
+
+`base_rates.json` holds this model's own rates per concept and phrasing split, per measured setting
+(`scripts/check_bundled_base.py --store-rates`), with a digest of the weights they were measured on: evaluating
+adapters on this model at such a setting reads the base's column from it instead of generating the base's images
+again (`esd-lora evaluate --fresh-base` generates them).
+
 Licence: MIT. Trained only on procedurally generated images.
 """
 
@@ -125,18 +136,23 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None, help="also write the scores to this file")
     p.add_argument("--grid", type=Path, default=None, help="also save a PNG with samples of every concept")
     p.add_argument("--card", action="store_true", help="(re)write the model folder's README.md with these scores")
+    p.add_argument("--store-rates", action="store_true",
+                   help="add these rates to the model folder's base_rates.json, which esd-lora evaluate reads "
+                        "instead of generating the base's images at the same settings (--device cpu)")
     p.add_argument("--judge", type=Path, default=None, metavar="FILE",
                    help="judge with these weights, for a model built on another world version (python -m "
                         "esd_lora.bundled.judge --world-version V --out FILE; default: the bundled judge)")
     args = p.parse_args()
     if args.judge is not None and (problem := weights_problem(args.judge)):
         p.error(f"--judge {args.judge}: {problem}")
-    if args.judge is not None and args.card:
-        p.error("--card writes the bundled judge's figures; leave out --judge")
+    if args.judge is not None and (args.card or args.store_rates):
+        p.error("--card and --store-rates keep the bundled judge's figures; leave out --judge")
+    if args.store_rates and args.device != "cpu":
+        p.error("--store-rates: stored base rates are measured on the CPU (leave out --device)")
     start = time.time()
+    pipe = load_pipeline(args.model, device=args.device, dtype="fp32")
     with weights_from(args.judge or WEIGHTS_PATH):
-        report = evaluate(args.model, n=args.n, steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
-                          device=args.device, dtype="fp32")
+        report = evaluate(pipe, n=args.n, steps=args.steps, guidance_scale=args.guidance, seed=args.seed)
     scores = {r.concept: {} for r in report.rows}
     for r in report.rows:
         scores[r.concept][r.split] = r.base
@@ -155,6 +171,8 @@ def main() -> None:
     if args.card:
         write_card(Path(args.model), scores, args)
         print(f"wrote {Path(args.model) / 'README.md'}")
+    if args.store_rates:
+        print(f"stored the rates in {store_rates(pipe, report)}")
 
 
 if __name__ == "__main__":

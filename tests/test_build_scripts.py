@@ -70,15 +70,22 @@ def test_judge_file_that_is_not_there_is_a_one_line_error(load_script, monkeypat
     assert "judge-v3.safetensors: no such file; train one with python -m esd_lora.bundled.judge" in err
 
 
-def test_check_script_writes_no_card_from_another_judge(load_script, monkeypatch, capsys, tmp_path):
+@pytest.mark.parametrize("args, message", [
+    (["--judge", "JUDGE", "--card"], "--card and --store-rates keep the bundled judge's figures; leave out --judge"),
+    (["--judge", "JUDGE", "--store-rates"], "--card and --store-rates keep the bundled judge's"),
+    (["--store-rates", "--device", "cuda"], "--store-rates: stored base rates are measured on the CPU"),
+])
+def test_check_script_writes_no_card_or_rates_from_another_judge_or_device(load_script, monkeypatch, capsys,
+                                                                            tmp_path, args, message):
     from esd_lora.bundled.judge import WEIGHTS_PATH
 
     check = load_script("scripts/check_bundled_base.py")
     monkeypatch.setattr(check, "evaluate", lambda *a, **k: pytest.fail("measured before refusing"))
-    monkeypatch.setattr("sys.argv", ["check", "--judge", str(WEIGHTS_PATH), "--card", "--model", str(tmp_path)])
+    args = [str(WEIGHTS_PATH) if a == "JUDGE" else a for a in args]
+    monkeypatch.setattr("sys.argv", ["check", *args, "--model", str(tmp_path)])
     with pytest.raises(SystemExit) as exit_info:
         check.main()
-    assert exit_info.value.code == 2 and "--card writes the bundled judge's figures" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("script", ["scripts/build_bundled_base.py", "scripts/check_bundled_base.py"])
@@ -134,3 +141,21 @@ def test_a_budget_spent_before_the_unet_starts_ends_training_after_its_first_ste
 def test_a_budget_with_time_left_runs_by_its_steps(build):
     clock = build.Clock(total_steps=1000, budget_s=3600.0)
     assert not clock.done(999) and clock.done(1000)
+
+
+def test_check_script_stores_the_rates_it_measured(load_script, monkeypatch, capsys, tmp_path, tiny_dirs):
+    import json
+    import shutil
+
+    from esd_lora.base_rates import FILE
+
+    model = tmp_path / "base"
+    shutil.copytree(tiny_dirs["sd1"], model)
+    check = load_script("scripts/check_bundled_base.py")
+    monkeypatch.setattr("sys.argv", ["check", "--model", str(model), "--n", "1", "--steps", "2", "--seed", "4",
+                                     "--store-rates", "--json", str(tmp_path / "scores.json")])
+    check.main()
+    assert f"stored the rates in {model / FILE}" in capsys.readouterr().out
+    (measurement,) = json.loads((model / FILE).read_text())["measurements"]
+    assert (measurement["n"], measurement["steps"], measurement["seed"]) == (1, 2, 4)
+    assert measurement["rates"] == json.loads((tmp_path / "scores.json").read_text())

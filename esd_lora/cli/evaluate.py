@@ -24,6 +24,9 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=25, help="DDIM steps")
     p.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image")
+    p.add_argument("--fresh-base", action="store_true",
+                   help="generate and judge the base's images too, even where the base folder stores its rates for "
+                        "these settings (base_rates.json)")
     p.add_argument("--prompts", default=None, metavar="CSV",
                    help="a real model's prompts CSV: generate images and a manifest for an external judge")
     add_device(p)
@@ -46,7 +49,7 @@ def run(args) -> int:
         check_folder(args.out, overwrite=args.overwrite)  # before minutes of generation, not after
     report = evaluate(args.base, adapters=args.adapter, concepts=args.concept, n=args.n, steps=args.steps,
                       guidance_scale=args.guidance_scale, seed=args.seed, device=args.device, dtype=args.dtype,
-                      force=args.force, progress=not args.quiet)
+                      force=args.force, fresh_base=args.fresh_base, progress=not args.quiet)
     print(report.table())
     if args.out:
         out = report.save(args.out, overwrite=args.overwrite)
