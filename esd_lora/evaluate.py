@@ -128,17 +128,29 @@ def evaluate(base=None, *, adapters: list[AdapterSpec | str] = (), concepts: lis
 
     bar = None
 
-    def run(count: int = n, splits: tuple[str, ...] = SPLITS) -> list[list[Image.Image]]:
-        """The first ``count`` images of each planned concept and split in ``splits`` (none of the others)."""
-        nonlocal bar  # made once the adapters are checked: a bad one is a one-line error, with no bar above it
+    def start_bar() -> None:  # once the adapters are checked: a bad one is a one-line error, with no bar above it
+        nonlocal bar
         if bar is None:
             base_pass = len(concepts) * min(GRID_SAMPLES, n) if stored else len(plan) * n  # then base + adapters
             bar = tqdm(total=base_pass + (len(plan) * n if specs else 0), desc="evaluating", unit="image",
                        disable=not progress)
-        return [generate_images(pipe, prompts[:count], s, steps, guidance_scale, batch_size, bar=bar)
-                if split in splits else [] for _, split, prompts, s in plan]
 
-    grid_images = lambda: run(min(GRID_SAMPLES, n), ("train",))  # noqa: E731  (the stored rates' grid row)
+    def run() -> list[list[Image.Image]]:
+        start_bar()
+        return [generate_images(pipe, prompts, s, steps, guidance_scale, batch_size, bar=bar)
+                for _, _, prompts, s in plan]
+
+    def grid_images() -> list[list[Image.Image]]:
+        """The stored rates' grid row: the first images of each concept's training split, all in one batch."""
+        start_bar()
+        count = min(GRID_SAMPLES, n)
+        wanted = [(prompts[:count], [s + j for j in range(count)]) if split == "train" else ([], [])
+                  for _, split, prompts, s in plan]
+        images = iter(generate_images(pipe, [p for prompts, _ in wanted for p in prompts],
+                                      [s for _, seeds in wanted for s in seeds], steps, guidance_scale, batch_size,
+                                      bar=bar))
+        return [[next(images) for _ in prompts] for prompts, _ in wanted]
+
     try:
         base_images, adapted_images, loaded = with_and_without(pipe, specs, run, force=force,
                                                                base_run=grid_images if stored else None)
@@ -262,14 +274,16 @@ def sample_prompts(pool: list[str], n: int, seed: int) -> list[str]:
 
 
 @torch.no_grad()
-def generate_images(pipe, prompts: list[str], seed: int, steps: int, guidance: float, batch_size: int, *,
-                    bar: tqdm | None = None, **pipe_kwargs) -> list[Image.Image]:
-    """One image per prompt, image ``j`` from seed ``seed + j``, in batches; ``pipe_kwargs`` go to the pipeline
-    (``output_type="latent"`` gives latents instead of PIL images); ``bar`` (a progress bar) counts the images."""
+def generate_images(pipe, prompts: list[str], seed: int | list[int], steps: int, guidance: float, batch_size: int,
+                    *, bar: tqdm | None = None, **pipe_kwargs) -> list[Image.Image]:
+    """One image per prompt, image ``j`` from seed ``seed + j`` (or ``seed[j]``, given a list), in batches;
+    ``pipe_kwargs`` go to the pipeline (``output_type="latent"`` gives latents instead of PIL images); ``bar`` (a
+    progress bar) counts the images."""
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed + j for j in range(len(prompts))]
     images = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
-        generators = [torch.Generator().manual_seed(seed + start + j) for j in range(len(batch))]
+        generators = [torch.Generator().manual_seed(s) for s in seeds[start:start + batch_size]]
         images += pipe(batch, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
                        **{"output_type": "pil", **pipe_kwargs}).images
         if bar is not None:

@@ -66,6 +66,9 @@ def test_stored_rates_replace_the_base_pass_and_leave_the_adapted_one_alone(stor
     assert sum(generated) == 2 * 2 * len(CONCEPTS) * 5
     assert fresh.rate("red", "base", "train") != 0.123 and "base_rates" not in fresh.settings
     assert [r.adapted for r in fresh.rows] == [r.adapted for r in report.rows]  # the same adapted images
+    for concept in CONCEPTS:  # the grid's base images: the first of each training split, from its seeds
+        for grid, first in zip(report.samples[concept]["base"], fresh.samples[concept]["base"], strict=False):
+            assert np.abs(np.asarray(grid, dtype=int) - np.asarray(first, dtype=int)).max() <= 2
 
 
 @pytest.mark.parametrize("change", ["seed", "n", "concepts", "weights", "scheduler", "no adapters"])
