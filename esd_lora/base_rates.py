@@ -43,13 +43,14 @@ def weights_digest(pipe) -> str:
 
 
 def _folder(pipe) -> Path | None:
-    from .families import SHORT_NAMES
+    from .families import base_folder
 
-    name = getattr(pipe, "name_or_path", None)
-    if not name:
-        return None
-    folder = Path(SHORT_NAMES.get(str(name), str(name))).expanduser()
-    return folder if folder.is_dir() else None
+    folder = base_folder(pipe)
+    return folder if folder is not None and folder.is_dir() else None
+
+
+def _same_settings(measurement: dict, settings: dict) -> bool:
+    return all(measurement.get(k) == settings[k] for k in SETTINGS)
 
 
 def _read(path: Path) -> list[dict]:
@@ -75,7 +76,7 @@ def stored_rates(pipe, settings: dict, concepts: list[str]) -> tuple[dict[str, d
     if folder is None or not (folder / FILE).is_file() or not _on_cpu_in_fp32(pipe):
         return None
     fitting = [m for m in _read(folder / FILE)  # the same concepts in the same order: each one's seeds follow its place
-               if all(m.get(k) == settings[k] for k in SETTINGS) and list(m.get("rates", {})) == list(concepts)]
+               if _same_settings(m, settings) and list(m.get("rates", {})) == list(concepts)]
     if not fitting:
         return None
     digest = weights_digest(pipe)
@@ -98,16 +99,12 @@ def store_rates(pipe, report) -> Path:
                                 "--device cpu --dtype fp32")
     if report.adapters:
         raise ValueError("a report with adapters holds no base measurement of its own to store")
-    rates: dict[str, dict[str, float]] = {}
-    for row in report.rows:
-        rates.setdefault(row.concept, {})[row.split] = row.base
     from . import __version__
 
     measurement = {**{k: report.settings[k] for k in SETTINGS}, "weights": weights_digest(pipe),
-                   "torch_threads": torch.get_num_threads(), "esd_lora": __version__, "rates": rates}
+                   "torch_threads": torch.get_num_threads(), "esd_lora": __version__, "rates": report.base_rates()}
     path = folder / FILE
-    kept = [m for m in (_read(path) if path.is_file() else [])
-            if not all(m.get(k) == measurement[k] for k in SETTINGS)]
+    kept = [m for m in (_read(path) if path.is_file() else []) if not _same_settings(m, measurement)]
     data = {"about": "per concept and phrasing split, the share of the base's images judged as the concept, as "
                      "esd_lora.evaluate measured it (fp32, CPU); evaluate reads it when the weights and settings "
                      "match instead of generating the base's images again",

@@ -66,6 +66,13 @@ class Report:
         rows = [r for r in self.rows if r.concept == concept and (split is None or r.split == split)]
         return float(np.mean([getattr(r, which) for r in rows]))
 
+    def base_rates(self) -> dict[str, dict[str, float]]:
+        """``{concept: {split: base rate}}``, in the report's order."""
+        rates: dict[str, dict[str, float]] = {}
+        for r in self.rows:
+            rates.setdefault(r.concept, {})[r.split] = r.base
+        return rates
+
     def kept(self, erased: list[str]) -> dict[str, float]:
         """For every evaluated concept not in ``erased``: its rate with the adapters relative to its base rate."""
         concepts = dict.fromkeys(r.concept for r in self.rows)

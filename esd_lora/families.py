@@ -184,15 +184,22 @@ RECOMMENDED_FILE = "esd_lora.json"
 settings that suit the base, and prompts to preserve by default (those naming an erased concept are left out)."""
 
 
+def base_folder(base) -> Path | None:
+    """The folder ``base`` names (a path or a short name), or the one a loaded pipeline was loaded from; None for
+    a pipeline without a name. Hub ids give a path that does not exist."""
+    name = getattr(base, "name_or_path", None) if hasattr(base, "unet") else base
+    return Path(SHORT_NAMES.get(str(name), str(name))).expanduser() if name else None
+
+
 def recommended_options(base) -> tuple[dict, Path | None]:
     """The erasure settings a local base folder recommends (``RECOMMENDED_FILE``), and that file's path.
 
     Small models need other settings than Stable Diffusion (the bundled base: a higher learning rate). Hub ids
     and folders without the file recommend nothing.
     """
-    name = getattr(base, "name_or_path", None) if hasattr(base, "unet") else base
-    path = Path(SHORT_NAMES.get(str(name), str(name))).expanduser() / RECOMMENDED_FILE
-    if name is None or not path.is_file():
+    folder = base_folder(base)
+    path = folder / RECOMMENDED_FILE if folder else None
+    if path is None or not path.is_file():
         return {}, None
     try:
         data = json.loads(path.read_text())

@@ -153,9 +153,7 @@ def main() -> None:
     pipe = load_pipeline(args.model, device=args.device, dtype="fp32")
     with weights_from(args.judge or WEIGHTS_PATH):
         report = evaluate(pipe, n=args.n, steps=args.steps, guidance_scale=args.guidance, seed=args.seed)
-    scores = {r.concept: {} for r in report.rows}
-    for r in report.rows:
-        scores[r.concept][r.split] = r.base
+    scores = report.base_rates()
     print(f"model {args.model}: DDIM {args.steps} steps, guidance {args.guidance}, {args.n} images per concept "
           "and split")
     print("| concept | train phrasings | held-out phrasings |\n| --- | --- | --- |")
