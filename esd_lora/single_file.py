@@ -24,7 +24,6 @@ weights are not in the pipeline; diffusers ignores ``resblocks.23`` on load anyw
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -32,6 +31,7 @@ import safetensors.torch
 import torch
 
 from .errors import SingleFileExportError
+from .outputs import atomic_path
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -90,21 +90,15 @@ def to_original_state_dict(pipe) -> dict[str, torch.Tensor]:
 
 def save_single_file(pipe, path: str | os.PathLike, *, dtype: torch.dtype | None = None,
                      metadata: dict[str, str] | None = None) -> Path:
-    """Write it to `path` atomically (write `path.tmp-XXXX` in the same folder, then os.replace); tensors
+    """Write it to `path` atomically (a temporary file in the same folder, then renamed); tensors
     contiguous, cast to dtype if given."""
     path = Path(path).expanduser()
     tensors = {}
     for key, value in to_original_state_dict(pipe).items():
         cast = dtype if dtype is not None and value.is_floating_point() else value.dtype
         tensors[key] = value.to("cpu", cast).contiguous()
-    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         safetensors.torch.save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
