@@ -392,15 +392,22 @@ class App:
         return self.push(push_folder, folder, "merge the stack first", repo_id, private, token)
 
     @visible_errors
-    def evaluate(self, rows, names, n, concepts, progress=gr.Progress(track_tqdm=True)):
-        """The bundled judge's report on the bundled base, with and without the stack: table and grid. Gradio shows
-        evaluate's progress bar (minutes of images) over the report while it runs."""
+    def evaluate(self, rows, names, n, concepts, fresh_base=False, progress=gr.Progress(track_tqdm=True)):
+        """The bundled judge's report on the bundled base, with and without the stack: table, grid and a line on
+        where the base's rates come from. Gradio shows evaluate's progress bar (minutes of images) over the report
+        while it runs."""
         from .evaluate import evaluate
 
-        report = evaluate(self.pipeline("bundled"), adapters=self.specs(rows, names, required=False),
-                          n=number(n, "images per concept", int) or 8, concepts=concepts or None)
+        n = number(n, "images per concept", int) or 8
+        report = evaluate(self.pipeline("bundled"), adapters=self.specs(rows, names, required=False), n=n,
+                          concepts=concepts or None, fresh_base=bool(fresh_base))
         table = [[r.concept, r.dimension, r.split, round(100 * r.base), round(100 * r.adapted)] for r in report.rows]
-        return table, report.grid()
+        if "base_rates" in report.settings:
+            note = (f"Base rates {report.settings['base_rates']}: only the grid's base images were generated. "
+                    "Tick *Measure the base again* to generate all of them.")
+        else:
+            note = f"Base rates measured here: {n} images per concept and split."
+        return table, report.grid(), note
 
 
 def stack_rows(rows) -> list[list]:
@@ -524,8 +531,11 @@ def build_app(app: App | None = None) -> gr.Blocks:
             with gr.Row():
                 n = gr.Number(8, label="Images per concept and split", precision=0, elem_id="eval-n")
                 judged = gr.Dropdown(world.all_concepts(), multiselect=True, label="Concepts (blank: all)")
+                fresh_base = gr.Checkbox(label="Measure the base again",
+                                         info="by default the base's stored rates are read when they fit")
             evaluate_btn = gr.Button("Evaluate", variant="primary", elem_id="evaluate-btn")
             report = gr.Dataframe(headers=REPORT_HEADERS, label="Report", interactive=False, elem_id="report")
+            eval_note = gr.Markdown(elem_id="eval-note")
             grid = gr.Image(label="Samples", type="pil", format="png", interactive=False)
 
         model = {"concurrency_id": MODEL_QUEUE, "concurrency_limit": 1}
@@ -545,7 +555,7 @@ def build_app(app: App | None = None) -> gr.Blocks:
         merge_btn.click(app.merge, [base, stack, names, dtype, single_file], [merged_files, merged_path,
                                                                                merge_status], **model)
         push_merged.click(app.push_merged, [merged_path, merged_repo, merged_private, token], merge_pushed)
-        evaluate_btn.click(app.evaluate, [stack, names, n, judged], [report, grid], **model)
+        evaluate_btn.click(app.evaluate, [stack, names, n, judged, fresh_base], [report, grid, eval_note], **model)
     return demo
 
 

@@ -82,8 +82,8 @@ def stored_rates(pipe, settings: dict, concepts: list[str]) -> tuple[dict[str, d
     digest = weights_digest(pipe)
     for m in fitting:
         if m.get("weights") == digest:
-            note = (f"base rates: stored in {folder / FILE} (these weights and settings, "
-                    f"{m.get('torch_threads', '?')} torch threads); --fresh-base measures them")
+            note = (f"stored in {folder / FILE} (these weights and settings, "
+                    f"{m.get('torch_threads', '?')} torch threads)")
             return {c: m["rates"][c] for c in concepts}, note
     return None
 

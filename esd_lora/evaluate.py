@@ -84,7 +84,7 @@ class Report:
             lines.append(f"{r.concept:<10} {r.dimension:<9} {r.split:<8} {r.base:>6.0%} {r.adapted:>8.0%}  "
                          f"{(r.adapted - r.base) * 100:+.0f} pts")
         if "base_rates" in self.settings:
-            lines.append(self.settings["base_rates"])
+            lines.append(f"base rates: {self.settings['base_rates']}; --fresh-base measures them")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:

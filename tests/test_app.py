@@ -1,5 +1,6 @@
 """The web app's handlers, called directly (no browser): results, progress, cancel, busy, and bad input."""
 
+import importlib
 import json
 import socket
 import sys
@@ -224,9 +225,31 @@ def test_evaluate_gives_the_report_table_and_grid(app, tmp_path):
     red = tmp_path / "red.safetensors"
     esd_lora.erase("bundled", "red", iterations=2, bank_size=0, ddim_steps=10, progress=False, out=red, device="cpu")
     rows, names = app.add_erased(str(red), 1.0, [], {})
-    table, grid = app.evaluate(rows, names, 2, ["red"])
+    table, grid, note = app.evaluate(rows, names, 2, ["red"])
     assert [row[:3] for row in table] == [["red", "colour", "train"], ["red", "colour", "held-out"]]
     assert all(0 <= v <= 100 for row in table for v in row[3:]) and grid.size[0] > 0
+    assert note == "Base rates measured here: 2 images per concept and split."  # no stored measurement at n=2
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_evaluate_says_where_the_base_rates_come_from(app, monkeypatch, fresh):
+    """The tab's default (8 images, every concept) has a stored measurement; the note says so, and the checkbox
+    asks for a fresh one."""
+    asked = {}
+
+    def fake_evaluate(pipe, *, adapters, n, concepts, fresh_base):
+        asked.update(n=n, concepts=concepts, fresh_base=fresh_base)
+        settings = {} if fresh_base else {"base_rates": "stored in base/base_rates.json (these weights and settings)"}
+        return SimpleNamespace(rows=[], settings=settings, grid=lambda: None)
+
+    # esd_lora.evaluate is the function; the app imports it from the module when asked
+    monkeypatch.setattr(importlib.import_module("esd_lora.evaluate"), "evaluate", fake_evaluate)
+    monkeypatch.setattr(app, "pipeline", lambda base: None)
+    _, _, note = app.evaluate([], {}, None, [], fresh)
+    assert asked == {"n": 8, "concepts": None, "fresh_base": fresh}
+    assert note == ("Base rates measured here: 8 images per concept and split." if fresh else
+                    "Base rates stored in base/base_rates.json (these weights and settings): only the grid's base "
+                    "images were generated. Tick *Measure the base again* to generate all of them.")
 
 
 def test_catalog_lists_the_bundled_adapters(tmp_path, app, sd1_adapter):
