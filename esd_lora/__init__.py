@@ -14,11 +14,25 @@ argument errors answer at once.
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 import types
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+
+class _TorchvisionFallbackFilter(logging.Filter):
+    """Without torchvision, importing diffusers' pipelines makes transformers warn that its CLIP and SigLIP image
+    processors fall back to their PIL versions. esd-lora never processes an image with them (a safety checker's
+    feature extractor works the same with either), so the two lines on every command are noise; other warnings of
+    that logger pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_TorchvisionFallbackFilter())
 
 # public name -> submodule that defines it
 _EXPORTS = {

@@ -1,6 +1,7 @@
 """End-to-end: the real ``esd-lora`` command, and one clear line with exit code 1 for each bad input."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -45,6 +46,18 @@ def test_erase_info_generate_end_to_end(tiny_dirs, tmp_path, family):
     assert image.width == 2 * 128 and image.height > 2 * 128  # two rows of two tiles, with labels
     top, bottom = image.crop((0, 36, 128, 164)), image.crop((0, 36 + 146, 128, 164 + 146))
     assert top.tobytes() != bottom.tobytes()
+    assert "requires torchvision" not in result.stderr  # transformers' note on its image processors is filtered
+
+
+def test_only_the_torchvision_fallback_note_of_transformers_is_filtered():
+    logger = logging.getLogger("transformers.utils.import_utils")
+
+    def record(message):
+        return logging.LogRecord(logger.name, logging.WARNING, __file__, 1, message, None, None)
+
+    assert not logger.filter(record("`CLIPImageProcessor` requires torchvision (not installed); falling back to "
+                                    "`CLIPImageProcessorPil` for backward compatibility."))
+    assert logger.filter(record("`torch.compile` is not available"))
 
 
 def test_info_prints_table(sd1_adapter, capsys):
