@@ -49,7 +49,7 @@ from .erase import frozen
 from .errors import ConfigError, EmptyConceptError, UnsupportedAttackError
 from .config import ATTACKS, positive_int
 from .evaluate import check_known, generate_images, judged_as, sample_prompts
-from .families import BUNDLED_BASE, SHORT_NAMES, as_pipeline
+from .families import BUNDLED_BASE, as_pipeline, base_folder
 from .generate import compare_grid
 from .objective import esd_loss
 from .outputs import write_folder
@@ -331,9 +331,10 @@ def attack(base=None, *, adapters: list[AdapterSpec | str], concept: str, attack
 
 def is_bundled(base) -> bool:
     """Whether ``base`` (a name, folder or loaded pipeline; ``None`` = bundled) is the bundled base model."""
-    name = getattr(base, "name_or_path", None) if hasattr(base, "unet") else base
-    name = SHORT_NAMES.get(str(name), name) if name is not None else BUNDLED_BASE
-    return Path(str(name)).expanduser().resolve() == Path(BUNDLED_BASE).resolve()
+    if base is None:
+        return True
+    folder = base_folder(base)  # None for a pipeline built in memory: not the bundled base
+    return folder is not None and folder.resolve() == Path(BUNDLED_BASE).resolve()
 
 
 def read_paraphrases(path: str | os.PathLike) -> list[str]:

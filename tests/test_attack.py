@@ -11,12 +11,13 @@ random pipelines.
 import csv
 import importlib
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import esd_lora
-from esd_lora.attack import SoftPrompt, attack, encode, match_loss
+from esd_lora.attack import SoftPrompt, attack, encode, is_bundled, match_loss
 from esd_lora.config import ADVERSARIAL_EVERY
 from esd_lora.bundled import world
 from esd_lora.cli import build_parser, main
@@ -227,3 +228,13 @@ def test_adversarial_flag_and_bad_values():
         EraseConfig(concepts=["red"], adversarial_every=-1)
     with pytest.raises(ConfigError, match="adversarial_steps must be a positive integer"):
         EraseConfig(concepts=["red"], adversarial_steps=0)
+
+
+@pytest.mark.parametrize("base, bundled", [(None, True), ("bundled", True), (esd_lora.BUNDLED_BASE, True),
+                                           ("./sd15", False), ("owner/model", False)])
+def test_the_bundled_base_is_recognised_by_name_folder_or_pipeline(base, bundled):
+    """Only the bundled base is judged by the bundled judge; a pipeline built in memory (no folder) is not it."""
+    assert is_bundled(base) is bundled
+    pipeline = SimpleNamespace(unet=None, name_or_path=base)
+    assert is_bundled(pipeline) is (bundled and base is not None)
+
