@@ -12,7 +12,12 @@ draws worst), and the training wall time; with several ``--seeds`` (each seeds t
 mean over seeds per concept and setting, since one seed cannot rank settings. The bar of the project: erased <= 10%,
 every other concept >= 90% of its base rate, in at most 3 minutes on 2 CPU cores.
 
-Settings beyond the defaults: ``plain`` (no preservation term), ``preserve`` (every other concept's name
+``default`` is what ``esd-lora erase`` does on the bundled base (the options its ``esd_lora.json`` recommends:
+since 2026-11-30 keys and values only, the other concepts' names held on the text side at weight 10, the concept
+also erased inside every scene of the world that names it, at half the negative guidance; the same erasure as
+``kv-anchor10-contexts-eta0.5``). The other settings are measured on top of ``previous-default``, the
+recommendation before that (ESD-x, eta 1, the other concepts' names preserved at the erased concept's x_t, no
+contexts), as their README tables were: ``plain`` (no preservation term), ``preserve`` (every other concept's name
 preserved), ``preserve16`` (preservation weight 16), ``preserve-own`` (the preserved prompts held at x_t of their
 own trajectories, sampled by the frozen base), ``frozen-sampler``, ``cosine`` (learning-rate decay),
 ``contexts`` (the concept also erased inside every scene of the world, toward the scene without it: erasing red,
@@ -39,21 +44,25 @@ import esd_lora  # noqa: E402
 from esd_lora.bundled import world  # noqa: E402
 from esd_lora.families import load_pipeline  # noqa: E402
 
-SETTINGS = {  # name -> erase options on top of the library defaults
+PREVIOUS_DEFAULT = {"method": "esd-x", "preserve_text_weight": 0.0, "eta": 1.0, "contexts": []}
+"""The bundled base's recommendation before 2026-11-30, less what it shares with today's (lr, preservation weight)."""
+
+SETTINGS = {  # name -> erase options on top of the bundled base's recommendation
     "default": {},
-    "plain": {"preserve": []},
-    "preserve": {"preserve": "others"},
-    "preserve16": {"preserve_weight": 16.0},
-    "preserve-own": {"preserve_at": "own"},
-    "frozen-sampler": {"sample_with": "frozen"},
-    "cosine": {"lr_schedule": "cosine"},
-    "contexts": {"contexts": "world"},
-    "contexts+scenes": {"contexts": "world", "preserve": "scenes"},
-    "contexts-eta0.5": {"contexts": "world", "eta": 0.5},
-    "kv-anchor3": {"method": "esd-x-strict", "preserve_text_weight": 3.0},
-    "kv-anchor10": {"method": "esd-x-strict", "preserve_text_weight": 10.0},
-    "kv-anchor10-contexts-eta0.5": {"method": "esd-x-strict", "preserve_text_weight": 10.0, "contexts": "world",
-                                    "eta": 0.5},
+    "previous-default": PREVIOUS_DEFAULT,
+    "plain": {**PREVIOUS_DEFAULT, "preserve": []},
+    "preserve": {**PREVIOUS_DEFAULT, "preserve": "others"},
+    "preserve16": {**PREVIOUS_DEFAULT, "preserve_weight": 16.0},
+    "preserve-own": {**PREVIOUS_DEFAULT, "preserve_at": "own"},
+    "frozen-sampler": {**PREVIOUS_DEFAULT, "sample_with": "frozen"},
+    "cosine": {**PREVIOUS_DEFAULT, "lr_schedule": "cosine"},
+    "contexts": {**PREVIOUS_DEFAULT, "contexts": "world"},
+    "contexts+scenes": {**PREVIOUS_DEFAULT, "contexts": "world", "preserve": "scenes"},
+    "contexts-eta0.5": {**PREVIOUS_DEFAULT, "contexts": "world", "eta": 0.5},
+    "kv-anchor3": {**PREVIOUS_DEFAULT, "method": "esd-x-strict", "preserve_text_weight": 3.0},
+    "kv-anchor10": {**PREVIOUS_DEFAULT, "method": "esd-x-strict", "preserve_text_weight": 10.0},
+    "kv-anchor10-contexts-eta0.5": {**PREVIOUS_DEFAULT, "method": "esd-x-strict", "preserve_text_weight": 10.0,
+                                    "contexts": "world", "eta": 0.5},
 }
 
 

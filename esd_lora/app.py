@@ -242,21 +242,25 @@ class App:
 
     @visible_errors
     def erase(self, base, concepts, method, eta, iterations, lr, rank, contexts="", preserve="",
-              preserve_at="erased", no_preserve=False, request: gr.Request = None):
+              preserve_at="erased", no_preserve=False, no_contexts=False, request: gr.Request = None):
         """Train an erasure in the background; yield (status, loss curve, download, adapter path) as it goes.
-        A blank ``preserve`` box means what the base recommends (the bundled base: the other concepts' names);
-        ``no_preserve`` means none at all (plain ESD)."""
+        A blank field means what the base recommends (the bundled base: esd-x-strict, eta 0.5, its scenes that
+        name the concept as contexts, the other concepts' names preserved); ``no_preserve`` means no preservation
+        at all (plain ESD), ``no_contexts`` no contexts."""
         from .cli.erase import default_name
         from .erase import erase, make_config
 
-        options = {"method": method, "eta": number(eta, "eta"), "iterations": number(iterations, "iterations", int),
+        options = {"method": method or None, "eta": number(eta, "eta"), "iterations": number(iterations, "iterations", int),
                    "lr": number(lr, "learning rate"), "rank": number(rank, "rank", int),
                    "contexts": split_lines(contexts) or None, "preserve": split_lines(preserve) or None,
                    "preserve_at": preserve_at}
-        if no_preserve:
-            if options["preserve"]:
-                raise ConfigError("'No preservation' is ticked and the Preserve box is filled: clear one of them")
-            options["preserve"] = []
+        for name, ticked, label in (("preserve", no_preserve, "No preservation"), ("contexts", no_contexts,
+                                                                                   "No contexts")):
+            if ticked:
+                if options[name]:
+                    raise ConfigError(f"'{label}' is ticked and the {name.capitalize()} box is filled: clear one "
+                                      "of them")
+                options[name] = []
         config = make_config(base, split_concepts(concepts), **{k: v for k, v in options.items() if v is not None})
         out = self.new_folder() / default_name(config)
         job = Job(owner=session_of(request), config=config)
@@ -449,11 +453,14 @@ def build_app(app: App | None = None) -> gr.Blocks:
             with gr.Row():
                 concepts = gr.Textbox(label="Concept(s) to erase", placeholder="red, or: van gogh, monet",
                                       elem_id="concepts", scale=3)
-                method = gr.Dropdown(list(METHODS), value="esd-x", label="Method", elem_id="method",
-                                     info=METHODS["esd-x"])
+                method = gr.Dropdown(list(METHODS), value=None, label="Method", elem_id="method",
+                                     info="blank: what the base recommends (bundled: esd-x-strict), else esd-x: "
+                                          + METHODS["esd-x"])
             with gr.Row():
                 # Text boxes, not gr.Number: a blank field means "the default" (gr.Number shows blank as 0).
-                eta = gr.Textbox("1.0", label="eta", elem_id="eta", info=EraseConfig.help("eta"))
+                eta = gr.Textbox(label="eta", elem_id="eta",
+                                 info="blank: what the base recommends (bundled: 0.5), else 1.0; "
+                                      + EraseConfig.help("eta"))
                 iterations = gr.Textbox("100", label="Iterations", elem_id="iterations", info="gradient steps")
                 lr = gr.Textbox(label="Learning rate", elem_id="lr",
                                 info="blank: what the base recommends (bundled: 0.005), else 0.0002")
@@ -461,7 +468,9 @@ def build_app(app: App | None = None) -> gr.Blocks:
             with gr.Accordion("Contexts and preservation", open=False, elem_id="erase-more"):
                 with gr.Row():
                     contexts = gr.Textbox(label="Contexts (one per line)", lines=2, elem_id="contexts",
-                                          placeholder="a {} portrait", info=EraseConfig.help("contexts"))
+                                          placeholder="a {} portrait",
+                                          info="blank: what the base recommends (bundled: every scene of its world "
+                                               "that names the concept), else none; " + EraseConfig.help("contexts"))
                     preserve = gr.Textbox(label="Preserve (one prompt per line)", lines=2, elem_id="preserve",
                                           placeholder="claude monet",
                                           info="prompts whose frozen predictions the adapter must keep; blank: what "
@@ -470,6 +479,9 @@ def build_app(app: App | None = None) -> gr.Blocks:
                                               elem_id="preserve-at", info=EraseConfig.help("preserve_at"))
                     no_preserve = gr.Checkbox(label="No preservation (plain ESD)", elem_id="no-preserve",
                                               info="keep nothing, not even what the base recommends")
+                    no_contexts = gr.Checkbox(label="No contexts", elem_id="no-contexts",
+                                              info="erase the concept as given only, not the contexts the base "
+                                                   "recommends")
             with gr.Row():
                 erase_btn = gr.Button("Erase", variant="primary", elem_id="erase-btn")
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
@@ -540,7 +552,7 @@ def build_app(app: App | None = None) -> gr.Blocks:
 
         model = {"concurrency_id": MODEL_QUEUE, "concurrency_limit": 1}
         erase_btn.click(app.erase, [base, concepts, method, eta, iterations, lr, rank, contexts, preserve, preserve_at,
-                                    no_preserve],
+                                    no_preserve, no_contexts],
                         [erase_status, curve, adapter_file, adapter_path], **model)
         cancel_btn.click(app.cancel, None, erase_note)
         push_erased.click(app.push_adapter, [adapter_path, erased_repo, erased_private, token], erase_pushed)

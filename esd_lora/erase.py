@@ -24,6 +24,7 @@ import datetime
 import gc
 import math
 import os
+import re
 import time
 from collections import deque
 from contextlib import contextmanager, nullcontext
@@ -381,12 +382,21 @@ def make_config(base, concepts, config: EraseConfig | None = None, **options) ->
         start = config.to_dict()
     else:
         start, path = recommended_options(base)
-        anchors = start.pop("anchors", [])
+        anchors, scenes = start.pop("anchors", []), start.pop("scenes", [])
         unknown = set(start) - set(EraseConfig.__dataclass_fields__) | {"concepts"} & set(start)
         if unknown:
             raise ConfigError(f"{path} recommends unknown option(s) {', '.join(sorted(unknown))}: fix the file")
+        erased = [concepts] if isinstance(concepts, str) else list(concepts)
         if anchors and "preserve" not in options:
-            start["preserve"] = default_anchors(anchors, [concepts] if isinstance(concepts, str) else concepts)
+            start["preserve"] = default_anchors(anchors, erased)
+        if scenes and "contexts" not in options:
+            start["contexts"] = scene_contexts(scenes, erased)
+        # a recommendation that an explicit option makes invalid gives way (the file suits the base's defaults)
+        chosen = {**start, **options}
+        if chosen.get("method") == "esd-u" and "preserve_text_weight" not in options:
+            start.pop("preserve_text_weight", None)  # it holds cross-attention, which esd-u does not train
+        if chosen.get("adversarial_every") and "contexts" not in options:
+            start.pop("contexts", None)  # not combined with adversarial erasure yet
     return EraseConfig(**{**start, **options, "concepts": concepts})
 
 
@@ -394,6 +404,21 @@ def default_anchors(anchors: list[str], concepts: list[str]) -> list[str]:
     """The base's anchor prompts, less those sharing a word with an erased concept (erasing "red" keeps "blue")."""
     erased = {w for c in concepts for w in str(c).lower().split()}
     return [a for a in anchors if not erased & set(a.lower().split())]
+
+
+def scene_contexts(scenes: list[str], concepts: list[str]) -> list[str]:
+    """The contexts a base's scenes give an erasure: each scene that names the concept (as whole words, any case),
+    with the concept replaced by the slot ("striped red circle" -> "striped {} circle" when red is erased).
+
+    Contexts are shared by the concepts of an erasure, so several concepts get them only when their scenes give
+    the same contexts (red and blue do; red and star, whose slots are a colour and a shape, get none)."""
+    found = []
+    for concept in concepts:
+        words = " ".join(str(concept).split())
+        pattern = re.compile(rf"(?<!\w){re.escape(words)}(?!\w)", re.IGNORECASE) if words else None
+        found.append(list(dict.fromkeys(pattern.sub("{}", scene, count=1) for scene in scenes
+                                        if pattern and pattern.search(scene))))
+    return found[0] if found and all(f == found[0] for f in found) else []
 
 
 def _pipeline_id(pipe) -> str:

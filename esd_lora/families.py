@@ -180,8 +180,10 @@ def _dtype_keyword() -> str:
 
 
 RECOMMENDED_FILE = "esd_lora.json"
-"""A file a base model folder may carry: ``{"erase": {option: value}, "anchors": [prompt, ...]}``: the erasure
-settings that suit the base, and prompts to preserve by default (those naming an erased concept are left out)."""
+"""A file a base model folder may carry: ``{"erase": {option: value}, "anchors": [prompt, ...], "scenes": [prompt,
+...]}``: the erasure settings that suit the base, prompts to preserve by default (those naming an erased concept are
+left out), and typical prompts from which an erasure's contexts are taken (those naming the erased concept, with the
+concept as the slot: "striped red circle" gives "striped {} circle" when red is erased)."""
 
 
 def base_folder(base) -> Path | None:
@@ -204,13 +206,13 @@ def recommended_options(base) -> tuple[dict, Path | None]:
     try:
         data = json.loads(path.read_text())
         options = dict(data.get("erase", {}))
-        anchors = data.get("anchors", [])
-        if not isinstance(anchors, list) or not all(isinstance(a, str) for a in anchors):
-            raise TypeError("'anchors' is not a list of prompts")
+        lists = {key: data.get(key, []) for key in ("anchors", "scenes")}
+        for key, prompts in lists.items():
+            if not isinstance(prompts, list) or not all(isinstance(a, str) for a in prompts):
+                raise TypeError(f"'{key}' is not a list of prompts")
     except (ValueError, TypeError, AttributeError) as exc:
         raise NotAPipelineError(f"{path} is not a valid esd-lora settings file ({exc}): fix or delete it") from exc
-    if anchors:
-        options["anchors"] = anchors
+    options.update({key: prompts for key, prompts in lists.items() if prompts})
     return options, path
 
 

@@ -84,8 +84,10 @@ Held-out phrasings use templates the model never saw, or held-out synonyms.
 
 ## Erasure settings
 
-`esd_lora.json` holds the erasure settings esd-lora uses on this base unless told otherwise (a small model needs
-a higher learning rate than Stable Diffusion).
+`esd_lora.json` holds the erasure settings esd-lora uses on this base unless told otherwise: a higher learning
+rate than Stable Diffusion needs, cross-attention keys and values only at half the negative guidance, the other
+concepts' names to preserve (`anchors`, also held on the text side), and the world's scenes (`scenes`), from which an
+erasure takes its contexts (those naming the erased concept).
 
 ## Stored rates
 

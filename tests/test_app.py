@@ -109,7 +109,24 @@ def test_erase_without_preservation_on_a_base_that_recommends_it(app, recommendi
     with pytest.raises(gr.Error, match="'No preservation' is ticked and the Preserve box is filled"):
         next(app.erase(str(recommending_base), "red", "esd-x", "1.0", "1", "", "2", "", "blue", no_preserve=True,
                        request=session()))
+    assert config().contexts == ["a {} toy"] and config(no_contexts=True).contexts == []
+    with pytest.raises(gr.Error, match="'No contexts' is ticked and the Contexts box is filled"):
+        next(app.erase(str(recommending_base), "red", "esd-x", "1.0", "1", "", "2", "a {} car", no_contexts=True,
+                       request=session()))
     assert app.trainer.status() == "idle"
+
+
+def test_blank_method_and_eta_are_what_the_base_recommends(app, recommending_base):
+    settings = json.loads((recommending_base / "esd_lora.json").read_text())
+    settings["erase"].update(method="esd-x-strict", eta=0.5)
+    (recommending_base / "esd_lora.json").write_text(json.dumps(settings))
+
+    def config(method, eta):
+        updates = list(app.erase(str(recommending_base), "red", method, eta, "1", "", "2", request=session()))
+        return load_adapter(updates[-1][-1]).metadata.config
+
+    assert (config(None, "").method, config(None, "").eta) == ("esd-x-strict", 0.5)
+    assert (config("esd-x", "1").method, config("esd-x", "1").eta) == ("esd-x", 1.0)
 
 
 def test_progress_bar_shows_step_and_loss():

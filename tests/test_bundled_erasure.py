@@ -1,19 +1,20 @@
 """End to end on the bundled base: `esd-lora erase` with its defaults erases a concept and spares the others.
 
 The project's bar: the erased concept falls to <= 10% of its prompts (training phrasings, and held-out phrasings and
-synonyms) and every other concept keeps >= 90% of its base rate. Efficacy is asserted at the bar plus one image per
-split (<= 4 of 32): the same seeded erasure passed at <= 3 of 32 on the machines of earlier CI runs and left 4 of 32
-held-out images red on another (float rounding differs between CPUs and changes the trajectories; README: the
-default misses the bar at some seeds). Specificity is asserted at >= 80% of the base rate, over the concepts the
-base draws reliably (>= 90%): the default erasure of red keeps >= 92% of most concepts but 90% of solid and 85% of
-striped (README, "The default erasure and the thread count"), so the 90% bar is not met yet. The base rates are the
-bundled base's stored measurement at these settings (``base_rates.json``, read by evaluate; ``test_base_rates``
-checks it against the shipped weights and a fresh measurement), so only the adapted images are generated. Slow
-(about 6 minutes on 2 CPU cores); CI runs it, alone (README: the second pytest command).
+synonyms) and every other concept keeps >= 90% of its base rate. Both are asserted as they stand, over the concepts
+the base draws reliably (>= 90%): the default erasure of red (the bundled base's recommendation: keys and values
+only, the other concepts' names held on the text side, red also erased inside every scene that names it, at half
+the negative guidance) took red to 0 of 32 images on both splits and kept every such concept at >= 94% of its base
+rate (checkered 94%, striped 95%; README, "The bundled base model and measuring an erasure"). Dotted and star, which
+the base draws in only 80-86% of their images, are left out: dotted keeps 61% of its base rate, the part of the
+bar not met yet. The base rates are the bundled base's stored measurement at these settings (``base_rates.json``,
+read by evaluate; ``test_base_rates`` checks it against the shipped weights and a fresh measurement), so only the
+adapted images are generated. Slow (about 5 minutes on 2 CPU cores); CI runs it, alone (README: the second pytest
+command).
 
-The test trains with 2 torch threads, as it was measured, also under pytest-xdist's one thread a worker: with 1
-thread the same seeded erasure trains other weights (50% apart) and erases red with more collateral damage (solid
-drawn in 34% / 44% of its images; README, "The default erasure and the thread count").
+The test trains with 2 torch threads, as it was measured, also under pytest-xdist's one thread a worker: the same
+seeded erasure trains other weights with another thread count (float sums in another order, on trajectories the
+adapter samples itself; README, "The default erasure and the thread count").
 """
 
 import pytest
@@ -34,7 +35,7 @@ def test_default_erasure_of_red_end_to_end(tmp_path, two_threads):
     print(report.table())
     assert report.rate("red", "base") >= 0.9
     for split in ("train", "held-out"):  # held-out: unseen templates and synonyms (ruby, ...)
-        assert report.rate("red", "adapted", split) <= 4 / 32, f"red not erased ({split})"
+        assert report.rate("red", "adapted", split) <= 0.1, f"red not erased ({split})"
     for other in world.all_concepts():
         if other != "red" and report.rate(other, "base") >= 0.9:
-            assert report.rate(other) >= 0.8 * report.rate(other, "base"), f"erasing red damaged {other}"
+            assert report.rate(other) >= 0.9 * report.rate(other, "base"), f"erasing red damaged {other}"

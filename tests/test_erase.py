@@ -1,4 +1,5 @@
 import importlib
+import json
 
 import pytest
 import torch
@@ -394,8 +395,48 @@ def test_base_recommended_settings_apply_under_explicit_options(recommending_bas
     assert adapter.metadata.config.lr == 0.01  # the file records what was really used
 
 
+def test_scene_contexts_put_the_slot_where_the_concept_was(tmp_path, recommending_base):
+    from esd_lora.erase import make_config, scene_contexts
+
+    scenes = ["striped red circle", "solid red star", "striped blue circle", "solid blue star", "a Red Hat",
+              "ordered shapes", "striped red circle"]
+    assert scene_contexts(scenes, ["red"]) == ["striped {} circle", "solid {} star", "a {} Hat"]  # whole words, once
+    assert scene_contexts(scenes, ["striped blue"]) == ["{} circle"]
+    assert scene_contexts(scenes, ["star", "circle"]) == []  # 'solid red {}' and 'striped red {}' are not shared
+    assert scene_contexts(["striped red circle", "striped blue circle"], ["red", "blue"]) == ["striped {} circle"]
+    assert scene_contexts(scenes, ["green"]) == []
+
+    settings = json.loads((recommending_base / "esd_lora.json").read_text())
+    settings["erase"].pop("contexts")
+    settings["scenes"] = scenes
+    (recommending_base / "esd_lora.json").write_text(json.dumps(settings))
+    assert make_config(recommending_base, "red").contexts == ["striped {} circle", "solid {} star", "a {} Hat"]
+    assert make_config(recommending_base, "red", contexts=["a {} toy"]).contexts == ["a {} toy"]  # explicit wins
+    assert make_config(recommending_base, "red", contexts=[]).contexts == []  # --no-contexts
+    # a recommendation that does not go with an explicit option gives way to it
+    assert make_config(recommending_base, "red", adversarial_every=2).contexts == []
+    settings["erase"]["preserve_text_weight"] = 3.0
+    (recommending_base / "esd_lora.json").write_text(json.dumps(settings))
+    assert make_config(recommending_base, "red").preserve_text_weight == 3.0
+    assert make_config(recommending_base, "red", method="esd-u").preserve_text_weight == 0.0
+    with pytest.raises(ConfigError, match="preserve_text_weight holds cross-attention"):
+        make_config(recommending_base, "red", method="esd-u", preserve_text_weight=3.0)  # both explicit
+
+
+def test_the_bundled_base_recommends_its_scenes_as_contexts():
+    from esd_lora.erase import make_config
+
+    red, star = make_config("bundled", "red"), make_config("bundled", "star")
+    assert len(red.contexts) == 5 * 4 and "dotted {} star" in red.contexts  # every shape x pattern
+    assert len(star.contexts) == 4 * 4 and "checkered green {}" in star.contexts  # every colour x pattern
+    assert (red.method, red.eta, red.preserve_text_weight) == ("esd-x-strict", 0.5, 10.0)
+    assert "red" not in red.preserve and len(red.preserve) == 12
+    assert make_config("bundled", ["red", "star"]).contexts == []  # a colour and a shape share no contexts
+
+
 @pytest.mark.parametrize("content, error, match", [
     ('{"erase": {"learning_rate": 1}}', ConfigError, "recommends unknown option"),
+    ('{"scenes": [1, 2]}', NotAPipelineError, "'scenes' is not a list of prompts"),
     ('{"erase": [1]}', NotAPipelineError, "not a valid esd-lora settings file"),
     ('{"anchors": "red"}', NotAPipelineError, "not a list of prompts"),
     ("not json", NotAPipelineError, "not a valid esd-lora settings file"),

@@ -48,13 +48,15 @@ def test_a_run_reports_dotted_apart_and_passes_only_at_the_bar(monkeypatch, qual
 def test_the_preserve16_setting_raises_only_the_preservation_weight(monkeypatch, quality):
     given = canned_run(monkeypatch, quality, {"red": 0.0, "blue": 1.0, "star": 0.8, "dotted": 0.8})
     quality.run(None, "red", "preserve16", 32, seed=2)
-    assert given == {"out": given["out"], "progress": False, "seed": 2, "preserve_weight": 16.0}
+    assert given == {"out": given["out"], "progress": False, "seed": 2, **quality.PREVIOUS_DEFAULT,
+                     "preserve_weight": 16.0}
 
 
 def test_the_preserve_own_setting_changes_only_where_the_preserved_prompts_are_held(monkeypatch, quality):
     given = canned_run(monkeypatch, quality, {"red": 0.0, "blue": 1.0, "star": 0.8, "dotted": 0.8})
     quality.run(None, "red", "preserve-own", 32, seed=3)
-    assert given == {"out": given["out"], "progress": False, "seed": 3, "preserve_at": "own"}
+    assert given == {"out": given["out"], "progress": False, "seed": 3, **quality.PREVIOUS_DEFAULT,
+                     "preserve_at": "own"}
 
 
 def test_the_contexts_settings_put_the_concept_in_every_scene_and_keep_the_scenes_without_it(monkeypatch, quality):
@@ -69,6 +71,24 @@ def test_the_contexts_settings_put_the_concept_in_every_scene_and_keep_the_scene
     given = canned_run(monkeypatch, quality, {"red": 0.0, "blue": 1.0, "star": 0.8, "dotted": 0.8})
     quality.run(None, "dotted", "contexts", 32, seed=1)
     assert len(given["contexts"]) == 5 * 4 and "{} red star" in given["contexts"] and "preserve" not in given
+
+
+def test_the_default_is_the_bundled_bases_recommendation_and_the_others_are_on_top_of_the_previous_one(
+        monkeypatch, quality):
+    """"default" passes no options (the base's esd_lora.json decides: the kv-anchor10-contexts-eta0.5 erasure);
+    the other settings keep the meaning they had when their README tables were measured."""
+    given = canned_run(monkeypatch, quality, {"red": 0.0, "blue": 1.0, "star": 0.8, "dotted": 0.8})
+    quality.run(None, "red", "default", 32, seed=1)
+    assert set(given) == {"out", "progress", "seed"}
+    from esd_lora.erase import make_config
+
+    for concept in ("red", "star", "dotted"):
+        kv = make_config("bundled", concept, **quality.options_for("kv-anchor10-contexts-eta0.5", concept))
+        assert kv == make_config("bundled", concept)
+        previous = make_config("bundled", concept, **quality.options_for("previous-default", concept))
+        assert (previous.method, previous.eta, previous.contexts, previous.preserve_text_weight) == \
+            ("esd-x", 1.0, [], 0.0)
+        assert previous.preserve == kv.preserve and (previous.lr, previous.preserve_weight) == (0.005, 4.0)
 
 
 def test_the_summary_is_the_mean_over_seeds_and_leaves_out_what_does_not_apply(quality):
@@ -89,6 +109,6 @@ def test_the_half_eta_setting_is_the_contexts_setting_with_eta_halved(monkeypatc
     quality.run(None, "red", "contexts", 32, seed=1)
     halved = canned_run(monkeypatch, quality, {"red": 0.0, "blue": 1.0, "star": 0.8, "dotted": 0.8})
     quality.run(None, "red", "contexts-eta0.5", 32, seed=1)
-    assert halved.pop("eta") == 0.5 and "eta" not in contexts
+    assert halved.pop("eta") == 0.5 and contexts.pop("eta") == 1.0
     assert {k: v for k, v in halved.items() if k != "out"} == {k: v for k, v in contexts.items() if k != "out"}
     assert len(halved["contexts"]) == 5 * 4  # red in every shape x pattern

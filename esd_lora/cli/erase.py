@@ -41,7 +41,8 @@ def add_erase_options(p) -> None:
                        help=f"{EraseConfig.help(name)} (default: {_default(name)})")
     p.add_argument("--erase-from", default=None, metavar="TEXT", help=EraseConfig.help("erase_from"))
     p.add_argument("--context", dest="contexts", action="append", default=[], metavar="TEXT",
-                   help=EraseConfig.help("contexts") + "; repeat for several")
+                   help=EraseConfig.help("contexts") + "; repeat for several (default: what the base recommends, "
+                        "the bundled base: every scene of its world that names the concept, as 'dotted {} star')")
     p.add_argument("--no-contexts", action="store_true",
                    help="erase the concept as given only, without the contexts the base recommends")
     p.add_argument("--preserve", action="append", default=[], metavar="TEXT",
@@ -93,9 +94,10 @@ def run(args) -> int:
     options = erase_options(args)
     config = make_config(args.base, args.concepts, **options)  # validates before the model is loaded
     recommended, path = recommended_options(args.base)
-    used = {k: v for k, v in recommended.items() if k not in options and k != "anchors"}
-    if "anchors" in recommended and "preserve" not in options:
-        used["preserve"] = config.preserve
+    used = {k: v for k, v in recommended.items() if k not in options and getattr(config, k, None) == v}
+    for derived, name in (("anchors", "preserve"), ("scenes", "contexts")):  # what the file's prompts gave
+        if derived in recommended and name not in options and getattr(config, name):
+            used[name] = getattr(config, name)
     if used and not args.quiet:
         print(f"using the settings {path} recommends for this base: "
               f"{', '.join(f'{k}={_brief(v)}' for k, v in used.items())} (override with the options)")
