@@ -139,17 +139,17 @@ def test_cancel_stops_a_running_erasure(page):
 
 def test_erase_then_compare_shows_different_images(page, tmp_path):
     field(page, "concepts").fill("red")
-    field(page, "iterations").fill("10")
+    field(page, "iterations").fill("40")  # the default erasure moves "a red circle" by 10 grey levels (1 at 10 steps)
     page.click("#erase-btn")
     expect(page.locator("#erase-status")).to_contain_text("erased red", timeout=JOB_MS)
     download = page.locator("#adapter-file a[download]")
-    expect(download).to_have_attribute("download", "esd-red-esd-x.safetensors")
+    expect(download).to_have_attribute("download", "esd-red-esd-x-strict.safetensors")  # the method the base recommends
     (tmp_path / "downloaded.safetensors").write_bytes(page.request.get(download.get_attribute("href")).body())
     assert load_adapter(tmp_path / "downloaded.safetensors").metadata.config.concepts == ["red"]
     page.click("#add-erased")
 
     page.get_by_role("tab", name="Compare").click()
-    expect(page.locator("#stack")).to_contain_text("esd-red-esd-x")
+    expect(page.locator("#stack")).to_contain_text("esd-red-esd-x-strict")
     field(page, "prompt").fill("a red circle")
     page.click("#compare-btn")
     expect(page.locator("#erased img")).to_be_visible(timeout=JOB_MS)
