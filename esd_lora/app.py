@@ -250,8 +250,9 @@ class App:
         from .cli.erase import default_name
         from .erase import erase, make_config
 
-        options = {"method": method or None, "eta": number(eta, "eta"), "iterations": number(iterations, "iterations", int),
-                   "lr": number(lr, "learning rate"), "rank": number(rank, "rank", int),
+        options = {"method": method or None, "eta": number(eta, "eta"),
+                   "iterations": number(iterations, "iterations", int), "lr": number(lr, "learning rate"),
+                   "rank": number(rank, "rank", int),
                    "contexts": split_lines(contexts) or None, "preserve": split_lines(preserve) or None,
                    "preserve_at": preserve_at}
         for name, ticked, label in (("preserve", no_preserve, "No preservation"), ("contexts", no_contexts,
