@@ -6,7 +6,9 @@ Part "bundled" (the bundled base, on CPU or CUDA): each variant erases ``--conce
 iterations training pauses for a check at ``--n`` images per concept and phrasing split (the same prompts and
 seeds as the base's): first the erased concept alone, and only once it is at most 10% (both phrasing splits),
 every other concept. The bar is passed when every other concept keeps at least 90% of its base rate, and a pass
-is confirmed at ``--confirm-n`` images (a pass by chance at small n does not count). "Every other concept" is,
+is confirmed at ``--confirm-n`` images (a pass by chance at small n does not count; a check within one image per
+split of the bar goes on to the confirmation too, which decides: at 8 images 88% cannot be told from 94%,
+and a strict check would stop a run that meets the bar from being confirmed). "Every other concept" is,
 by default (``--others reliable``), every one the base draws at least 90% of the time on both phrasing splits
 (at ``--confirm-n``): the bundled base draws dotted at ~70%, and a concept that unreliable swings by more than
 the bar's 10% between checks; ``--others all`` counts every concept, and each check also reports the worst of
@@ -119,29 +121,42 @@ def rates(pipe, concepts: list[str], n: int, seed: int, steps: int) -> dict[str,
     return {c: {s: report.rate(c, split=s) for s in SPLITS} for c in concepts}
 
 
+def screen_slack(task: dict) -> float:
+    """How far the check at ``n`` images lets a rate miss the bar and still go on to the confirmation at
+    ``confirm_n``, which decides: one image per split (at 8 images, 12% is one image of 8, and a concept of the bar
+    one image short is at 88-94% of its base rate, where the bar is 90%; a strict screen would never ask)."""
+    return 1 / task["n"] if task["confirm_n"] > task["n"] else 0.0
+
+
 def check(pipe, task: dict) -> dict:
-    """The bar at ``n`` images, and once passed, again at ``confirm_n`` (a pass by chance at small n is not one)."""
-    result = bar(pipe, task, task["n"], task["base_rates"]["n"])
-    if result["passed"] and task["confirm_n"] > task["n"]:
+    """The bar at ``n`` images, within one image (:func:`screen_slack`), and if so at ``confirm_n`` images, strictly
+    (a pass by chance at small n is not one)."""
+    slack = screen_slack(task)
+    result = bar(pipe, task, task["n"], task["base_rates"]["n"], slack)
+    if result["passed"] and slack:
         confirmed = bar(pipe, task, task["confirm_n"], task["base_rates"]["confirm_n"])
         result.update({f"confirm_{k}": v for k, v in confirmed.items()}, passed=confirmed["passed"])
     return result
 
 
-def bar(pipe, task: dict, n: int, base: dict) -> dict:
+def bar(pipe, task: dict, n: int, base: dict, slack: float = 0.0) -> dict:
     """The erased concept at most 10% on both splits, then every other concept of the bar (``bar_others``) at
-    >= 90% of its base rate. Also the worst of all other concepts, those left out of the bar included."""
+    >= 90% of its base rate. Also the worst of all other concepts, those left out of the bar included. ``slack``
+    (a share of images per split) lowers the bar by that much: the erased concept may be ``slack`` higher, and the
+    others ``slack`` lower on average over the splits."""
     concept, others = task["concept"], task["others"]
     erased = max(rates(pipe, [concept], n, task["seed"], task["eval_steps"])[concept].values())
     result = {"erased": erased, "worst_other": None, "worst_ratio": None, "worst_any": None,
               "worst_any_ratio": None, "passed": False}
-    if erased <= ERASED_MAX:
+    if erased <= ERASED_MAX + slack:
         now = rates(pipe, others, n, task["seed"], task["eval_steps"])
         ratios = {c: _mean(now[c]) / _mean(base[c]) if _mean(base[c]) > 0 else 1.0 for c in others}
+        kept = {c: ratios[c] >= KEPT_MIN - (slack / 2 / _mean(base[c]) if _mean(base[c]) > 0 else 0.0)
+                for c in others}  # one image of the 2n is 1/(2n) of the mean rate
         worst = min(task["bar_others"], key=ratios.get)
         worst_any = min(ratios, key=ratios.get)
         result.update(worst_other=worst, worst_ratio=ratios[worst], worst_any=worst_any,
-                      worst_any_ratio=ratios[worst_any], passed=ratios[worst] >= KEPT_MIN)
+                      worst_any_ratio=ratios[worst_any], passed=all(kept[c] for c in task["bar_others"]))
     return result
 
 
@@ -192,7 +207,7 @@ def bar_worker(task: dict) -> dict:
     from esd_lora.families import load_pipeline
     from peft.utils import get_peft_model_state_dict
 
-    options = dict(VARIANTS.get(task["variant"], {}), **task["overrides"])
+    options = {**task["overrides"], **VARIANTS.get(task["variant"], {})}  # the variant's own switch wins over --set
     if task["variant"] == "unbatched-teacher":
         split_forwards()
     # fp32 unless the variant says otherwise, on CUDA too: the base rates are fp32's, and the reference trains
@@ -213,7 +228,8 @@ def bar_worker(task: dict) -> dict:
             row["peak_mb"], row["file_mb"] = peak_mb(device), save_bytes() / 2**20
         with clock.pause(), generating():
             result = check(pipe, task)
-            if row["erased_iterations"] is None and result["erased"] <= ERASED_MAX and erasure_confirmed(pipe, task):
+            if row["erased_iterations"] is None and result["erased"] <= ERASED_MAX + screen_slack(task) and \
+                    erasure_confirmed(pipe, task):
                 row["erased_iterations"], row["erased_train_s"] = step, row["last_train_s"]
         row["checks"].append({"iteration": step, "train_s": row["last_train_s"], **result})
         if result["passed"]:
@@ -418,15 +434,18 @@ def bundled_part(args, device: str) -> list[dict]:
           + f"; checked every {args.check_every} iterations at n={args.n}, a pass confirmed at n={args.confirm_n}\n")
     header = (f"{'variant':<18} {'lr':>7} {'s/it':>6} {'erased':>11} {'bar':>11} {'peak MB':>8} {'file MB':>8}  "
               "last check: erased / worst other of the bar / worst of all")
+    if args.erase_options:
+        print(f"every esd-lora variant also with {', '.join(f'{k}={v}' for k, v in args.erase_options.items())}")
     print(f"{'':<33}{'iters / s':>11} {'iters / s':>11}")
     print(header)
     rows = []
     overrides = {"ddim_steps": args.ddim_steps} if args.ddim_steps else {}
     runs = [(v, lr) for v in args.variants for lr in (args.reference_lrs if v == "reference" else [None])]
     for variant, lr in runs:
-        task = {"kind": "bar", "variant": variant, "lr": lr, "base_rates": base, "overrides": overrides,
+        extra = {} if variant == "reference" else args.erase_options
+        task = {"kind": "bar", "variant": variant, "lr": lr, "base_rates": base, "overrides": {**overrides, **extra},
                 "check_every": args.check_every, "max_iterations": args.max_iterations, **common}
-        row = {"variant": variant, "lr": lr, **run_worker(task)}
+        row = {"variant": variant, "lr": lr or extra.get("lr"), **run_worker(task)}
         rows.append(row)
         print(_bar_line(row), flush=True)
     _bar_ratios(rows)
@@ -564,6 +583,9 @@ def parse_args() -> argparse.Namespace:
                         help="the other concepts the bar counts: those the base draws >= 90%% of the time on both "
                              "phrasing splits (default; a concept the base draws at 70%% swings by more than the "
                              "bar's 10%% at these n), or all")
+    parser.add_argument("--set", dest="erase_options", action="append", default=[], metavar="OPTION=VALUE",
+                        help="an erase option on top of every esd-lora variant's, e.g. --set lr=0.01 --set eta=1 "
+                             "(a JSON value, else a string; not applied to the reference; a variant's own switch wins)")
     parser.add_argument("--check-every", type=int, default=50)
     parser.add_argument("--max-iterations", type=int, default=600)
     parser.add_argument("--ddim-steps", type=int, default=None,
@@ -592,6 +614,7 @@ def parse_args() -> argparse.Namespace:
     if args.timing_variants is None:
         args.timing_variants = ["reference", "esd-lora", "checkpointing", "low-memory"] + (["compile", "fp32"]
                                                                                             if cuda else [])
+    args.erase_options = dict(_option(parser, o) for o in args.erase_options)
     args.unet_overrides = {}
     if args.quick:  # seconds per measurement: the shapes of the code paths, not of the models
         args.reference_lrs, args.n, args.confirm_n, args.eval_steps = args.reference_lrs[-1:], 1, 2, 4
@@ -602,6 +625,21 @@ def parse_args() -> argparse.Namespace:
                                "sdxl": {"block_out_channels": [32, 64, 64], "attention_head_dim": [2, 4, 4],
                                         "transformer_layers_per_block": [1, 1, 1], "sample_size": 16}}
     return args
+
+
+def _option(parser, text: str) -> tuple[str, object]:
+    """``--set NAME=VALUE`` as (name, value): the value parsed as JSON if it is JSON, else kept as a string."""
+    from esd_lora.erase import EraseConfig
+
+    name, sep, value = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or name not in EraseConfig.__dataclass_fields__ or name == "concepts":
+        parser.error(f"--set {text}: expected OPTION=VALUE with OPTION one of esd_lora.erase's options "
+                     f"({', '.join(f for f in EraseConfig.__dataclass_fields__ if f != 'concepts')})")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
 
 
 def main() -> None:

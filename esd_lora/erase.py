@@ -28,6 +28,7 @@ import re
 import time
 from collections import deque
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
@@ -378,26 +379,30 @@ def make_config(base, concepts, config: EraseConfig | None = None, **options) ->
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(sorted(unknown))}: valid options are "
                           f"{', '.join(f for f in EraseConfig.__dataclass_fields__ if f != 'concepts')}")
-    if config is not None:
-        start = config.to_dict()
-    else:
-        start, path = recommended_options(base)
-        anchors, scenes = start.pop("anchors", []), start.pop("scenes", [])
-        unknown = set(start) - set(EraseConfig.__dataclass_fields__) | {"concepts"} & set(start)
-        if unknown:
-            raise ConfigError(f"{path} recommends unknown option(s) {', '.join(sorted(unknown))}: fix the file")
-        erased = [concepts] if isinstance(concepts, str) else list(concepts)
-        if anchors and "preserve" not in options:
-            start["preserve"] = default_anchors(anchors, erased)
-        if scenes and "contexts" not in options:
-            start["contexts"] = scene_contexts(scenes, erased)
-        # a recommendation that an explicit option makes invalid gives way (the file suits the base's defaults)
-        chosen = {**start, **options}
-        if chosen.get("method") == "esd-u" and "preserve_text_weight" not in options:
-            start.pop("preserve_text_weight", None)  # it holds cross-attention, which esd-u does not train
-        if chosen.get("adversarial_every") and "contexts" not in options:
-            start.pop("contexts", None)  # not combined with adversarial erasure yet
+    start = config.to_dict() if config is not None else recommended_start(base, concepts, options)[0]
     return EraseConfig(**{**start, **options, "concepts": concepts})
+
+
+def recommended_start(base, concepts, options: dict) -> tuple[dict, Path | None]:
+    """What the base's recommendations give an erasure of ``concepts`` before ``options`` apply, and the file they
+    come from: its options, ``anchors`` made the preserved prompts and ``scenes`` the contexts (unless ``options``
+    set those), less any recommendation an explicit option makes invalid (the file suits the base's defaults)."""
+    start, path = recommended_options(base)
+    anchors, scenes = start.pop("anchors", []), start.pop("scenes", [])
+    unknown = set(start) - set(EraseConfig.__dataclass_fields__) | {"concepts"} & set(start)
+    if unknown:
+        raise ConfigError(f"{path} recommends unknown option(s) {', '.join(sorted(unknown))}: fix the file")
+    erased = [concepts] if isinstance(concepts, str) else list(concepts)
+    if anchors and "preserve" not in options:
+        start["preserve"] = default_anchors(anchors, erased)
+    if scenes and "contexts" not in options:
+        start["contexts"] = scene_contexts(scenes, erased)
+    chosen = {**start, **options}
+    if chosen.get("method") == "esd-u" and "preserve_text_weight" not in options:
+        start.pop("preserve_text_weight", None)  # it holds cross-attention, which esd-u does not train
+    if chosen.get("adversarial_every") and "contexts" not in options:
+        start.pop("contexts", None)  # not combined with adversarial erasure yet
+    return start, path
 
 
 def default_anchors(anchors: list[str], concepts: list[str]) -> list[str]:

@@ -65,3 +65,36 @@ def test_the_machine_line_says_which_allocator_setting_the_workers_inherit(monke
     assert speed.machine("cpu").endswith(", default malloc settings")
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
     assert speed.machine("cpu").endswith(", MALLOC_MMAP_THRESHOLD_=131072")
+
+
+def test_set_parses_erase_options_and_refuses_unknown_ones(monkeypatch, speed, capsys):
+    monkeypatch.setattr("sys.argv", ["speed.py", "--parts", "bundled", "--set", "lr=0.01", "--set", "method=esd-u",
+                                     "--set", "preserve-at=own", "--set", "contexts=[]"])
+    assert speed.parse_args().erase_options == {"lr": 0.01, "method": "esd-u", "preserve_at": "own", "contexts": []}
+    for bad in ("learning_rate=0.01", "lr", "concepts=red"):
+        monkeypatch.setattr("sys.argv", ["speed.py", "--set", bad])
+        with pytest.raises(SystemExit) as exit_info:
+            speed.parse_args()
+        assert exit_info.value.code == 2 and f"--set {bad}: expected OPTION=VALUE" in capsys.readouterr().err
+
+
+def test_a_check_one_image_short_is_decided_by_the_confirmation(monkeypatch, speed):
+    """At 8 images, red at 1 of 8 and blue one image short of its base rate go on to the 32-image check."""
+    asked, answers = [], {8: {"red": 0.125, "blue": 0.875, "star": 1.0, "dotted": 0.7},
+                          32: {"red": 0.0, "blue": 0.94, "star": 1.0, "dotted": 0.7}}
+
+    def rates(pipe, concepts, n, seed, steps):
+        asked.append((n, list(concepts)))
+        return {c: {"train": answers[n][c], "held-out": answers[n][c]} for c in concepts}
+
+    monkeypatch.setattr(speed, "rates", rates)
+    task = dict(TASK, base_rates={"n": BASE, "confirm_n": BASE})
+    result = speed.check(None, task)
+    assert result["passed"] and result["confirm_worst_ratio"] == pytest.approx(0.94)
+    assert [n for n, _ in asked] == [8, 8, 32, 32]
+    answers[32]["blue"] = 0.875  # the confirmation is strict
+    assert not speed.check(None, task)["passed"]
+    answers[8]["blue"] = 0.75  # two images short at 8: not asked at 32
+    asked.clear()
+    assert not speed.check(None, task)["passed"] and [n for n, _ in asked] == [8, 8]
+    assert not speed.bar(None, TASK, 8, BASE)["passed"]  # without slack, 12% is not erased

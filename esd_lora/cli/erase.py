@@ -88,16 +88,12 @@ def erase_options(args) -> dict:
 
 
 def run(args) -> int:
-    from ..erase import erase, make_config
-    from ..families import recommended_options
+    from ..erase import erase, make_config, recommended_start
 
     options = erase_options(args)
     config = make_config(args.base, args.concepts, **options)  # validates before the model is loaded
-    recommended, path = recommended_options(args.base)
-    used = {k: v for k, v in recommended.items() if k not in options and getattr(config, k, None) == v}
-    for derived, name in (("anchors", "preserve"), ("scenes", "contexts")):  # what the file's prompts gave
-        if derived in recommended and name not in options and getattr(config, name):
-            used[name] = getattr(config, name)
+    recommended, path = recommended_start(args.base, args.concepts, options)
+    used = {k: v for k, v in recommended.items() if k not in options and v != []}
     if used and not args.quiet:
         print(f"using the settings {path} recommends for this base: "
               f"{', '.join(f'{k}={_brief(v)}' for k, v in used.items())} (override with the options)")
