@@ -584,8 +584,9 @@ def parse_args() -> argparse.Namespace:
                              "phrasing splits (default; a concept the base draws at 70%% swings by more than the "
                              "bar's 10%% at these n), or all")
     parser.add_argument("--set", dest="erase_options", action="append", default=[], metavar="OPTION=VALUE",
-                        help="an erase option on top of every esd-lora variant's, e.g. --set lr=0.01 --set eta=1 "
-                             "(a JSON value, else a string; not applied to the reference; a variant's own switch wins)")
+                        help="an erase option on top of every esd-lora variant's on the bundled base, e.g. --set "
+                             "lr=0.01 (a JSON value, else a string; checked before any run; not applied to the "
+                             "reference; a variant's own switch wins)")
     parser.add_argument("--check-every", type=int, default=50)
     parser.add_argument("--max-iterations", type=int, default=600)
     parser.add_argument("--ddim-steps", type=int, default=None,
@@ -615,6 +616,14 @@ def parse_args() -> argparse.Namespace:
         args.timing_variants = ["reference", "esd-lora", "checkpointing", "low-memory"] + (["compile", "fp32"]
                                                                                             if cuda else [])
     args.erase_options = dict(_option(parser, o) for o in args.erase_options)
+    if args.erase_options:  # a bad value is the one-line error now, not each worker's
+        from esd_lora.erase import make_config
+        from esd_lora.errors import EsdLoraError
+
+        try:  # as the bundled part's variants will erase, the base's recommendations included
+            make_config("bundled", args.concept, **args.erase_options)
+        except EsdLoraError as exc:
+            parser.error(f"--set: {exc}")
     args.unet_overrides = {}
     if args.quick:  # seconds per measurement: the shapes of the code paths, not of the models
         args.reference_lrs, args.n, args.confirm_n, args.eval_steps = args.reference_lrs[-1:], 1, 2, 4
