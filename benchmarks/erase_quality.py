@@ -42,6 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import esd_lora  # noqa: E402
 from esd_lora.bundled import world  # noqa: E402
+from esd_lora.erase import scene_contexts  # noqa: E402
 from esd_lora.families import load_pipeline  # noqa: E402
 
 PREVIOUS_DEFAULT = {"method": "esd-x", "preserve_text_weight": 0.0, "eta": 1.0, "contexts": []}
@@ -71,20 +72,16 @@ def options_for(setting: str, concept: str) -> dict:
     if options.get("preserve") == "others":  # every other concept of the world, in a plain phrasing
         options["preserve"] = [c for c in world.all_concepts() if c != concept]
     if options.get("preserve") == "scenes":  # every scene without the concept ("striped green circle", ...)
-        options["preserve"] = [phrase for phrase, values in scenes(concept) if concept not in values]
+        options["preserve"] = [phrase for phrase, values in scenes() if concept not in values]
     if options.get("contexts") == "world":  # the concept in every scene ("striped {} circle" erasing a colour)
-        options["contexts"] = [phrase for phrase, values in scenes(concept, slot=True) if "{}" in values]
+        options["contexts"] = scene_contexts([phrase for phrase, _ in scenes()], [concept])
     return options
 
 
-def scenes(concept: str, slot: bool = False) -> list[tuple[str, tuple[str, str, str]]]:
-    """Every (shape, colour, pattern) of the world as a noun phrase, with its values; with ``slot``, ``{}`` in
-    place of ``concept``."""
-    out = []
-    for values in itertools.product(*(world.CONCEPTS[d] for d in ("shape", "colour", "pattern"))):
-        values = tuple("{}" if slot and v == concept else v for v in values)
-        out.append((world.noun_phrase(*values), values))
-    return out
+def scenes() -> list[tuple[str, tuple[str, str, str]]]:
+    """Every (shape, colour, pattern) of the world as a noun phrase, with its values."""
+    return [(world.noun_phrase(*values), values)
+            for values in itertools.product(*(world.CONCEPTS[d] for d in ("shape", "colour", "pattern")))]
 
 
 def run(pipe, concept: str, setting: str, n: int, seed: int) -> dict:
