@@ -48,8 +48,12 @@ The reference's learning rates: the paper's 1e-5 is for SD 1.4, and the bundled 
 (esd-lora's recommended LoRA rate is 5e-3, 25x its SD default). Tries on 2 shared CPU cores, red, checks at n=4:
 1e-3 left red at 75-100% for 300 iterations; 2e-3 swung red between 25% and 100% over 150; 3e-3 erased red (0% at
 60 and 100 iterations) but took star or striped down to 38% of its base rate: without a preservation term the
-full-weight loop overshoots. The default sweep 1e-3, 2e-3, 3e-3 over 600 iterations keeps the fastest run that
-passes; if none passes, esd-lora's ratio is a lower bound against the longest reference run.
+full-weight loop overshoots. The default sweep 1e-3, 2e-3, 3e-3 keeps the fastest run that passes; if none
+passes, esd-lora's ratio is a lower bound against the longest reference run. How long each reference run trains is
+set by ``--reference-budget`` (default 10, the target ratio): esd-lora runs first, and each reference run trains until
+the bar or for 10x esd-lora's training time to the bar, to the check after; one that is still short of the bar then
+shows esd-lora at least 10x faster, whatever the reference would do later (without the budget, or if esd-lora does
+not reach the bar, ``--max-iterations`` bounds every run).
 
 Every measurement runs in its own subprocess (this script with --worker), so each peak memory is its own: the
 process's maximum resident set (ru_maxrss) on CPU, torch.cuda.max_memory_allocated on CUDA. The workers inherit the
@@ -241,9 +245,13 @@ def bar_worker(task: dict) -> dict:
 
         ref = ReferenceESD(pipe, [task["concept"]], lr=task["lr"], seed=task["seed"],
                            **{k: v for k, v in options.items() if k == "ddim_steps"})
+        budget = task.get("max_train_s")
         for step in range(1, task["max_iterations"] + 1):
             ref.step()
             if after(step, ref.file_bytes, lambda: swapped_unet(pipe, ref.trained)):
+                break
+            if budget and row["checks"] and row["checks"][-1]["iteration"] == step and row["last_train_s"] >= budget:
+                row["stopped_at_budget"] = True  # at the first check past its time: it had all of it
                 break
     else:
         def lora_bytes() -> int:
@@ -441,13 +449,24 @@ def bundled_part(args, device: str) -> list[dict]:
     rows = []
     overrides = {"ddim_steps": args.ddim_steps} if args.ddim_steps else {}
     runs = [(v, lr) for v in args.variants for lr in (args.reference_lrs if v == "reference" else [None])]
+    budgeted = bool(args.reference_budget) and {"esd-lora", "reference"} <= set(args.variants)
+    if budgeted:  # esd-lora's time to the bar sets the reference's time
+        runs.sort(key=lambda run: run[0] != "esd-lora")
+    budget = None
     for variant, lr in runs:
         extra = {} if variant == "reference" else args.erase_options
         task = {"kind": "bar", "variant": variant, "lr": lr, "base_rates": base, "overrides": {**overrides, **extra},
                 "check_every": args.check_every, "max_iterations": args.max_iterations, **common}
+        if variant == "reference" and budget:
+            task.update(max_train_s=budget, max_iterations=10**9)
         row = {"variant": variant, "lr": lr or extra.get("lr"), **run_worker(task)}
         rows.append(row)
         print(_bar_line(row), flush=True)
+        if budgeted and variant == "esd-lora":
+            budget = row.get("train_s") and args.reference_budget * row["train_s"]
+            print(f"{'':<18} the reference runs until the bar or for {args.reference_budget:g}x esd-lora's "
+                  + (f"{row['train_s']:.0f} s to the bar: {budget:.0f} s of training, to its next check"
+                     if budget else "time to the bar, which it did not reach: to --max-iterations"), flush=True)
     _bar_ratios(rows)
     return rows
 
@@ -485,8 +504,10 @@ def _bar_ratios(rows: list[dict]) -> None:
         passed = [r for r in refs if r[key]]
         ref = min(passed, key=lambda r: r[key]) if passed else longest
         ref_s = ref[key] if passed else ref["last_train_s"]
+        stopped = " when its time was up" if ref.get("stopped_at_budget") else ""
         print(f"to {goal}, against the reference at lr {ref['lr']:.0e} ({ref_s:.0f} s" +
-              (f" to {goal}):" if passed else f", {goal} not reached: the longest reference run):"))
+              (f" to {goal}):" if passed else f", {goal} not reached: the longest reference run, stopped{stopped} at "
+                                              f"{ref['last_iteration']} iterations):"))
         for row in rows:
             if row["variant"] == "reference" or "error" in row:
                 continue
@@ -571,8 +592,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--concept", default="red", help="the concept erased on the bundled base")
     parser.add_argument("--variants", nargs="+", default=None, choices=["reference", *VARIANTS],
-                        help="bundled-base variants, run in this order (default: all but fp32, which is the "
-                             "default there, and low-memory)")
+                        help="bundled-base variants, run in this order, but esd-lora first under "
+                             "--reference-budget (default: all but fp32, which is the default there, and low-memory)")
     parser.add_argument("--reference-lrs", nargs="+", type=float, default=[1e-3, 2e-3, 3e-3],
                         help="learning rates tried for the reference loop, one row each")
     parser.add_argument("--n", type=int, default=8, help="images per concept and phrasing split at each check")
@@ -589,6 +610,11 @@ def parse_args() -> argparse.Namespace:
                              "reference; a variant's own switch wins)")
     parser.add_argument("--check-every", type=int, default=50)
     parser.add_argument("--max-iterations", type=int, default=600)
+    parser.add_argument("--reference-budget", type=float, default=10.0, metavar="RATIO",
+                        help="with both esd-lora and reference among --variants: esd-lora runs first, and each "
+                             "reference run trains until the bar or for RATIO times esd-lora's training time to the "
+                             "bar, to the check after (instead of --max-iterations); a reference still short of the "
+                             "bar then shows esd-lora at least RATIO times faster (default 10, the target; 0: off)")
     parser.add_argument("--ddim-steps", type=int, default=None,
                         help="DDIM steps of every bundled-base variant (default: each loop's own, 50)")
     parser.add_argument("--seed", type=int, default=0)
@@ -604,6 +630,8 @@ def parse_args() -> argparse.Namespace:
                              "SD 1.5 takes 4 GB in fp32, SDXL 14 GB)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.reference_budget < 0:
+        parser.error(f"--reference-budget {args.reference_budget:g}: expected a ratio > 0, or 0 for no budget")
     if args.work_dir is not None and not Path(args.work_dir).is_dir():
         parser.error(f"--work-dir {args.work_dir} is not a folder: create it or pass another")
     cuda = args.device.startswith("cuda")

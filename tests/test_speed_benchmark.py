@@ -100,3 +100,84 @@ def test_a_check_one_image_short_is_decided_by_the_confirmation(monkeypatch, spe
     asked.clear()
     assert not speed.check(None, task)["passed"] and [n for n, _ in asked] == [8, 8]
     assert not speed.bar(None, TASK, 8, BASE)["passed"]  # without slack, 12% is not erased
+
+
+def fake_bundled_run(monkeypatch, speed, argv: list[str], esd_lora_s: float | None) -> list[dict]:
+    """bundled_part with canned workers: esd-lora at the bar in ``esd_lora_s`` s (None: never), every reference run
+    short of it after 1010 s; returns the tasks the workers were given."""
+    from esd_lora.bundled import world
+
+    tasks = []
+    every = {c: {"train": 1.0, "held-out": 1.0} for c in world.all_concepts()}
+
+    def run_worker(task):
+        tasks.append(task)
+        if task["kind"] == "base":
+            return {"n": every, "confirm_n": every}
+        reached = task["variant"] != "reference" and esd_lora_s is not None
+        seconds = esd_lora_s if reached else 1010.0
+        return {"checks": [], "iterations": 400 if reached else None, "train_s": seconds if reached else None,
+                "erased_iterations": None, "erased_train_s": None, "last_iteration": 800, "last_train_s": seconds,
+                "s_per_it": 1.0, "peak_mb": 500.0, "file_mb": 1.0, "stopped_at_budget": "max_train_s" in task}
+
+    monkeypatch.setattr(speed, "run_worker", run_worker)
+    monkeypatch.setattr("sys.argv", ["speed.py", "--parts", "bundled", *argv])
+    speed.bundled_part(speed.parse_args(), "cpu")
+    return [t for t in tasks if t["kind"] == "bar"]
+
+
+def test_the_reference_trains_for_its_budget_of_esd_loras_time_to_the_bar(monkeypatch, speed, capsys):
+    argv = ["--variants", "reference", "esd-lora", "--reference-lrs", "3e-3", "2e-3"]
+    tasks = fake_bundled_run(monkeypatch, speed, argv, esd_lora_s=100.0)
+    assert [(t["variant"], t["lr"]) for t in tasks] == [("esd-lora", None), ("reference", 3e-3), ("reference", 2e-3)]
+    assert [t.get("max_train_s") for t in tasks] == [None, 1000.0, 1000.0] and tasks[0]["max_iterations"] == 600
+    out = capsys.readouterr().out
+    assert "stopped when its time was up at 800 iterations" in out and "esd-lora           at least 10.1x faster" in out
+
+    tasks = fake_bundled_run(monkeypatch, speed, argv, esd_lora_s=None)  # no time to the bar: --max-iterations
+    assert [t.get("max_train_s") for t in tasks] == [None, None, None]
+    assert {t["max_iterations"] for t in tasks} == {600}
+
+    tasks = fake_bundled_run(monkeypatch, speed, [*argv, "--reference-budget", "0"], esd_lora_s=100.0)
+    assert [t["variant"] for t in tasks] == ["reference", "reference", "esd-lora"]  # the order given, no budget
+    assert [t.get("max_train_s") for t in tasks] == [None, None, None]
+
+
+def test_a_reference_run_stops_at_the_first_check_past_its_budget(monkeypatch, speed):
+    import sys
+    import types
+
+    import esd_lora.families
+
+    now = [0.0]
+
+    class Clock:  # one second of training per step, checks free
+        def train_s(self):
+            return now[0]
+
+        def pause(self):
+            return speed.nullcontext()
+
+    class Reference:
+        def __init__(self, pipe, concepts, lr, seed, **options):
+            self.trained = None
+
+        def step(self):
+            now[0] += 1.0
+
+        def file_bytes(self):
+            return 2**20
+
+    pipe = types.SimpleNamespace(unet=types.SimpleNamespace(device=speed.torch.device("cpu")))
+    monkeypatch.setattr(esd_lora.families, "load_pipeline", lambda *a, **k: pipe)
+    monkeypatch.setitem(sys.modules, "reference_esd", types.SimpleNamespace(ReferenceESD=Reference))
+    monkeypatch.setattr(speed, "Clock", Clock)
+    monkeypatch.setattr(speed, "check", lambda pipe, task: {"erased": 0.5, "passed": False})
+    task = dict(TASK, variant="reference", lr=3e-3, overrides={}, device="cpu", check_every=50,
+                max_iterations=10**9, max_train_s=120.0)
+    row = speed.bar_worker(task)
+    assert (row["last_iteration"], row["stopped_at_budget"], row["iterations"]) == (150, True, None)
+    assert [c["iteration"] for c in row["checks"]] == [50, 100, 150]
+    now[0] = 0.0
+    row = speed.bar_worker(dict(task, max_train_s=None, max_iterations=120))  # no budget: --max-iterations
+    assert row["last_iteration"] == 120 and "stopped_at_budget" not in row
