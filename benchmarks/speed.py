@@ -630,8 +630,8 @@ def parse_args() -> argparse.Namespace:
                              "SD 1.5 takes 4 GB in fp32, SDXL 14 GB)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.reference_budget < 0:
-        parser.error(f"--reference-budget {args.reference_budget:g}: expected a ratio > 0, or 0 for no budget")
+    if not 0 <= args.reference_budget < float("inf"):  # nan too
+        parser.error(f"--reference-budget {args.reference_budget:g}: expected a finite ratio > 0, or 0 for no budget")
     if args.work_dir is not None and not Path(args.work_dir).is_dir():
         parser.error(f"--work-dir {args.work_dir} is not a folder: create it or pass another")
     cuda = args.device.startswith("cuda")

@@ -138,6 +138,11 @@ def test_the_reference_trains_for_its_budget_of_esd_loras_time_to_the_bar(monkey
     assert [t.get("max_train_s") for t in tasks] == [None, None, None]
     assert {t["max_iterations"] for t in tasks} == {600}
 
+    for bad in ("-1", "inf", "nan"):
+        with pytest.raises(SystemExit) as exit_info:
+            fake_bundled_run(monkeypatch, speed, [*argv, "--reference-budget", bad], esd_lora_s=100.0)
+        assert exit_info.value.code == 2 and "expected a finite ratio > 0" in capsys.readouterr().err
+
     tasks = fake_bundled_run(monkeypatch, speed, [*argv, "--reference-budget", "0"], esd_lora_s=100.0)
     assert [t["variant"] for t in tasks] == ["reference", "reference", "esd-lora"]  # the order given, no budget
     assert [t.get("max_train_s") for t in tasks] == [None, None, None]
