@@ -224,7 +224,7 @@ def bar_worker(task: dict) -> dict:
 
     def after(step: int, save_bytes, generating=nullcontext) -> bool:
         """Bookkeeping after a step, and the check when one is due (the pipeline ``generating`` with the model
-        being trained); True once the bar is passed."""
+        being trained); True once the bar is passed, or at the first check past the run's ``max_train_s``."""
         row["last_iteration"], row["last_train_s"] = step, clock.train_s()
         if step % task["check_every"] and step != task["max_iterations"]:
             return False
@@ -238,6 +238,9 @@ def bar_worker(task: dict) -> dict:
         row["checks"].append({"iteration": step, "train_s": row["last_train_s"], **result})
         if result["passed"]:
             row["iterations"], row["train_s"] = step, row["last_train_s"]
+        elif task.get("max_train_s") and row["last_train_s"] >= task["max_train_s"]:
+            row["stopped_at_budget"] = True  # at the first check past its time: it had all of it
+            return True
         return result["passed"]
 
     if task["variant"] == "reference":
@@ -245,13 +248,9 @@ def bar_worker(task: dict) -> dict:
 
         ref = ReferenceESD(pipe, [task["concept"]], lr=task["lr"], seed=task["seed"],
                            **{k: v for k, v in options.items() if k == "ddim_steps"})
-        budget = task.get("max_train_s")
         for step in range(1, task["max_iterations"] + 1):
             ref.step()
             if after(step, ref.file_bytes, lambda: swapped_unet(pipe, ref.trained)):
-                break
-            if budget and row["checks"] and row["checks"][-1]["iteration"] == step and row["last_train_s"] >= budget:
-                row["stopped_at_budget"] = True  # at the first check past its time: it had all of it
                 break
     else:
         def lora_bytes() -> int:
