@@ -111,6 +111,24 @@ def test_version_4_draws_the_dots_darker_or_lighter() -> None:
     assert dark_bg > 5 and light_bg > 5
 
 
+def test_version_6_draws_version_2_dots_and_only_horizontal_stripes() -> None:
+    """Version 6: the dots of version 2, every stripe horizontal (the rows of a striped mask are uniform), solid and
+    checkered scenes as in version 1; version 1 draws vertical stripes too."""
+    size = world.IMAGE_SIZE * 4
+    for seed in range(20):
+        new = world._pattern_mask("striped", np.random.default_rng(seed), size, 6)
+        assert (new == new[:, :1]).all() and 0.3 < new.mean() < 0.7  # constant along each row: horizontal bands
+        dots = [world._pattern_mask("dotted", np.random.default_rng(seed), size, v) for v in (2, 6)]
+        assert np.array_equal(*dots)
+    old = [world._pattern_mask("striped", np.random.default_rng(seed), size, 1) for seed in range(20)]
+    assert any((m != m[:, :1]).any() for m in old)  # some vertical
+    v1, attrs = world.render_dataset(200, seed=8, version=1)
+    v6, attrs6 = world.render_dataset(200, seed=8, version=6)
+    assert attrs == attrs6
+    changed = {attrs[i][2] for i in range(len(attrs)) if not np.array_equal(v1[i], v6[i])}
+    assert changed == {"striped", "dotted"}
+
+
 def test_unknown_world_version_is_refused() -> None:
     for version in (0, max(world.VERSIONS) + 1, -1):
         with pytest.raises(ValueError, match="unknown world version"):

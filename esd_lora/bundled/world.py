@@ -132,7 +132,9 @@ version can be re-run as it was (its ``build_info.json`` records the version):
 * 4: as 1, with dots of higher contrast: near-black (on light and mid-grey backgrounds) or near-white (on dark ones)
   tones of the object's hue, where the other patterns keep version 1's shade and tint;
 * 5: as 4, with dots of radius 2.2 on a 9-pixel period (2.25 latent pixels, where version 1's 7 pixels are 1.75:
-  below the two latent pixels a period needs to be drawn on the latent grid at all).
+  below the two latent pixels a period needs to be drawn on the latent grid at all);
+* 6: as 2 (dots of radius 2.3), with every stripe horizontal: in versions 1 to 5 a striped scene is horizontal or
+  vertical at random, a two-way choice the small UNet blends into a plaid of both, which the judge may call dotted.
 
 README, "The bundled base model", has what each was measured to do."""
 
@@ -142,13 +144,15 @@ class PatternGeometry(NamedTuple):
     to the 4-pixel latent grid (else drawn at random), and ``dot_keep``: the share of the object's colour kept in the
     dots' tone, the rest being black (light and mid-grey backgrounds) or white (dark ones), where every other pattern
     keeps :data:`SHADE_KEEP` (with black) or :data:`TINT_KEEP` (with white); ``None``: the dots do the same.
-    ``dot_period``: the dots' own period (``None``: ``period``)."""
+    ``dot_period``: the dots' own period (``None``: ``period``). ``horizontal_stripes``: every stripe horizontal
+    (else horizontal or vertical at random; the random draw is made either way)."""
 
     period: float
     dot_radius: float
     grid_locked: bool
     dot_keep: float | None = None
     dot_period: float | None = None
+    horizontal_stripes: bool = False
 
 
 SHADE_KEEP, TINT_KEEP = 0.38, 0.45
@@ -158,6 +162,7 @@ PATTERN_GEOMETRY: dict[int, PatternGeometry] = {
     3: PatternGeometry(8.0, 2.0, True),
     4: PatternGeometry(7.0, 1.8, False, dot_keep=0.15),
     5: PatternGeometry(7.0, 2.2, False, dot_keep=0.15, dot_period=9.0),
+    6: PatternGeometry(7.0, 2.3, False, horizontal_stripes=True),
 }
 VERSIONS: tuple[int, ...] = tuple(sorted(PATTERN_GEOMETRY))
 
@@ -272,7 +277,8 @@ def _pattern_mask(pattern: str, rng: np.random.Generator, size: int, version: in
     if pattern == "solid":
         return np.zeros((size, size), dtype=np.float32)
     if pattern == "striped":
-        along = yy if rng.random() < 0.5 else xx
+        horizontal = rng.random() < 0.5  # drawn in every version (see above)
+        along = yy if horizontal or geometry.horizontal_stripes else xx
         return (((along + oy) % p) < p / 2).astype(np.float32)
     if pattern == "dotted":
         dx = (xx + ox) % p - p / 2
