@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,28 @@ def test_default_output_name(tiny_dirs, tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "esd-van-gogh-esd-x.safetensors").is_file()
     assert "erasing" not in result.stderr
+
+
+def readme_main_job() -> list[list[str]]:
+    """The esd-lora commands of the README's main job: the set-up line that starts ``pip install -e . &&``."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = next(line for line in text.splitlines() if line.startswith("pip install -e . && "))
+    return [shlex.split(part) for part in line.split(" && ")[1:]]
+
+
+def test_the_readme_main_job_runs_as_written(tmp_path):
+    """The README's first command, run as written but shorter (one erasure step, one image per split of the erased
+    concept): each command finds what the one before it wrote. The default file name follows the method the base
+    recommends, so a new recommendation must change the README with it."""
+    commands = readme_main_job()
+    assert [c[:2] for c in commands] == [["esd-lora", "erase"], ["esd-lora", "evaluate"]], commands
+    erase, evaluate = commands
+    result = esd_lora(*erase[1:], "--iterations", 1, "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    result = esd_lora(*evaluate[1:], "--n", 1, "--concept", "red", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = Path(tmp_path, evaluate[evaluate.index("--out") + 1])
+    assert json.loads((out / "report.json").read_text())["adapters"], "the report names the adapter"
 
 
 def test_bad_input_is_one_line_without_traceback(tmp_path):

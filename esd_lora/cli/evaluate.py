@@ -6,7 +6,7 @@ from ..outputs import check_folder
 from ._common import add_adapters, add_base, add_command, add_device
 
 EXAMPLES = """\
-  esd-lora evaluate --adapter esd-red-esd-x.safetensors                  # bundled base and judge
+  esd-lora evaluate --adapter esd-red-esd-x-strict.safetensors           # bundled base and judge
   esd-lora evaluate --adapter no-red.safetensors --adapter no-star.safetensors:0.8 --out report/
   esd-lora evaluate --base ./sd15 --prompts nudity.csv --adapter no-nudity.safetensors --out images/
       (a real model: writes images and manifest.csv for an external judge; the CSV has the columns

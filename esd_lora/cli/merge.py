@@ -6,7 +6,7 @@ from ._common import add_adapters, add_base, add_command
 from ._hub import add_endpoint
 
 EXAMPLES = """\
-  esd-lora merge --adapter esd-red-esd-x.safetensors --out bundled-no-red
+  esd-lora merge --adapter esd-red-esd-x-strict.safetensors --out bundled-no-red
   esd-lora merge --base ./sd15 --adapter no-van-gogh.safetensors --adapter no-monet.safetensors:0.8 \\
       --out sd15-erased --single-file sd15-erased.safetensors --dtype fp16
   esd-lora merge --adapter hub:me/bundled-no-red --out bundled-no-red --push me/bundled-no-red-merged"""

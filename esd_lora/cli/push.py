@@ -7,7 +7,7 @@ from ._common import add_command
 from ._hub import add_endpoint
 
 EXAMPLES = """\
-  esd-lora push esd-red-esd-x.safetensors me/bundled-no-red
+  esd-lora push esd-red-esd-x-strict.safetensors me/bundled-no-red
   esd-lora push no-van-gogh.safetensors me/sd15-no-van-gogh --report eval/ --license creativeml-openrail-m
   esd-lora push no-red.safetensors me/no-red --revision dev --private --endpoint https://hub.example.com
       (the adapter goes up as pytorch_lora_weights.safetensors, so pipe.load_lora_weights("me/no-red") works;
