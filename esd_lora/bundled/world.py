@@ -134,7 +134,8 @@ version can be re-run as it was (its ``build_info.json`` records the version):
 * 5: as 4, with dots of radius 2.2 on a 9-pixel period (2.25 latent pixels, where version 1's 7 pixels are 1.75:
   below the two latent pixels a period needs to be drawn on the latent grid at all);
 * 6: as 2 (dots of radius 2.3), with every stripe horizontal: in versions 1 to 5 a striped scene is horizontal or
-  vertical at random, a two-way choice the small UNet blends into a plaid of both, which the judge may call dotted.
+  vertical at random, a two-way choice the small UNet blends into a plaid of both, which the judge may call dotted;
+  tried (two resume stages from the shipped base), not adopted.
 
 README, "The bundled base model", has what each was measured to do."""
 
