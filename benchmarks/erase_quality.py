@@ -17,10 +17,10 @@ since 2026-11-30 keys and values only, the other concepts' names held on the tex
 also erased inside every scene of the world that names it, at half the negative guidance; the same erasure as
 ``kv-anchor10-contexts-eta0.5``). The other settings are measured on top of ``previous-default``, the
 recommendation before that (ESD-x, eta 1, the other concepts' names preserved at the erased concept's x_t, no
-contexts), as their README tables were: ``plain`` (no preservation term), ``preserve`` (every other concept's name
-preserved), ``preserve16`` (preservation weight 16), ``preserve-own`` (the preserved prompts held at x_t of their
-own trajectories, sampled by the frozen base), ``frozen-sampler``, ``cosine`` (learning-rate decay),
-``contexts`` (the concept also erased inside every scene of the world, toward the scene without it: erasing red,
+contexts), as their tables in docs/erasure-settings.md were: ``plain`` (no preservation term), ``preserve``
+(every other concept's name preserved), ``preserve16`` (preservation weight 16), ``preserve-own`` (the preserved
+prompts held at x_t of their own trajectories, sampled by the frozen base), ``frozen-sampler``, ``cosine``
+(learning-rate decay), ``contexts`` (the concept also erased inside every scene of the world, toward the scene without it: erasing red,
 "striped red circle" toward "striped circle") and ``contexts+scenes`` (that, with every scene without the
 concept preserved instead of the other concepts' names), ``contexts-eta0.5`` (``contexts`` with half the negative
 guidance: at eta 1, "striped red circle" turned into a plain blue circle, losing its stripes with its colour),

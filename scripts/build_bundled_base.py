@@ -70,7 +70,7 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MAX_LENGTH = 77
 LATENT_SIZES = (8, 16)
 """``--latent-size``: 8 (the shipped base: 8x8x8 latents) or 16 (16x16x4 latents, a 7-pixel pattern period over 3.5
-latent pixels instead of 1.75; tried for the dots, see the README)."""
+latent pixels instead of 1.75; tried for the dots, see docs/bundled-base-builds.md)."""
 
 
 def latent_channels(latent_size: int) -> int:

@@ -14,7 +14,7 @@ command).
 
 The test trains with 2 torch threads, as it was measured, also under pytest-xdist's one thread a worker: the same
 seeded erasure trains other weights with another thread count (float sums in another order, on trajectories the
-adapter samples itself; README, "The default erasure and the thread count").
+adapter samples itself; docs/erasure-settings.md, "The default erasure and the thread count").
 """
 
 import pytest

@@ -76,7 +76,7 @@ def test_the_contexts_settings_put_the_concept_in_every_scene_and_keep_the_scene
 def test_the_default_is_the_bundled_bases_recommendation_and_the_others_are_on_top_of_the_previous_one(
         monkeypatch, quality):
     """"default" passes no options (the base's esd_lora.json decides: the kv-anchor10-contexts-eta0.5 erasure);
-    the other settings keep the meaning they had when their README tables were measured."""
+    the other settings keep the meaning they had when their tables (docs/erasure-settings.md) were measured."""
     given = canned_run(monkeypatch, quality, {"red": 0.0, "blue": 1.0, "star": 0.8, "dotted": 0.8})
     quality.run(None, "red", "default", 32, seed=1)
     assert set(given) == {"out", "progress", "seed"}

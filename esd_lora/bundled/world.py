@@ -137,7 +137,7 @@ version can be re-run as it was (its ``build_info.json`` records the version):
   vertical at random, a two-way choice the small UNet blends into a plaid of both, which the judge may call dotted;
   tried (two resume stages from the shipped base), not adopted.
 
-README, "The bundled base model", has what each was measured to do."""
+docs/bundled-base-builds.md has what each was measured to do."""
 
 
 class PatternGeometry(NamedTuple):
