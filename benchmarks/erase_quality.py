@@ -23,8 +23,8 @@ prompts held at x_t of their own trajectories, sampled by the frozen base), ``fr
 (learning-rate decay), ``contexts`` (the concept also erased inside every scene of the world, toward the scene
 without it: erasing red, "striped red circle" toward "striped circle") and ``contexts+scenes`` (that, with every
 scene without the concept preserved instead of the other concepts' names), ``contexts-eta0.5`` (``contexts``
-with half the negative guidance: at eta 1, "striped red circle" turned into a plain blue circle, losing its stripes with its colour),
-``kv-anchor3`` / ``kv-anchor10`` (keys and values only, ``esd-x-strict``, with the text-side preservation term at
+with half the negative guidance: at eta 1, "striped red circle" turned into a plain blue circle, losing its
+stripes with its colour), ``kv-anchor3`` / ``kv-anchor10`` (keys and values only, ``esd-x-strict``, with the text-side preservation term at
 weight 3 / 10: the preserved prompts' and the empty prompt's cross-attention keys and values held in place),
 ``kv-anchor10-contexts-eta0.5`` (``kv-anchor10`` with the contexts and eta of ``contexts-eta0.5``).
 """
