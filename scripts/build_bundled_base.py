@@ -30,11 +30,15 @@ Usage::
     python scripts/build_bundled_base.py --out /tmp/base-v3 --world-version 3 --judge /tmp/judge-v3.safetensors
     # from scratch on 16x16x4 latents (the UNet gets a 16x16 level in front); --resume continues it as it is
     python scripts/build_bundled_base.py --out /tmp/base-16 --latent-size 16 --budget-minutes 110
+    # on a GPU, batch 256 (docs/bundled-base-builds.md, "On a GPU"); --unet-steps high, so the budget ends it
+    python scripts/build_bundled_base.py --out /tmp/base-gpu --device cuda --latent-size 16 --world-version 6 \\
+        --judge /tmp/judge-v6.safetensors --batch-size 256 --lr 1e-3 --unet-steps 200000 --budget-minutes 9
 
 The bundled model was built in stages (a from-scratch build, then ``--resume`` stages); each stage's settings,
 world version (``--world-version``; the shipped base's stages all rendered version 1, see ``world.WORLD_VERSION``)
-and minutes on 2 CPU cores are in its ``build_info.json`` and model card (``esd_lora/bundled/base/README.md``).
-The UNet runs at ~1.0-1.9 steps/s on 2 cores. ``--budget-minutes`` squeezes the UNet learning-rate schedule
+and minutes are in its ``build_info.json`` and model card (``esd_lora/bundled/base/README.md``).
+The UNet runs at ~1.0-1.9 steps/s on 2 cores (batch 64), at 15-18 steps/s of batch 256 on one H200; each
+stage's device and batch size are recorded too. ``--budget-minutes`` squeezes the UNet learning-rate schedule
 into the remaining wall-clock budget and stops it there, so a slower machine still finishes (with a weaker
 model).
 """
@@ -509,6 +513,13 @@ def vae_reconstruction_accuracy(vae: AutoencoderKL, n: int, seed: int, version: 
     return {d: float(np.mean([lab[d] == a[j] for lab, a in zip(labels, attrs)])) for j, d in enumerate(world.DIMENSIONS)}
 
 
+def describe_device(device: str) -> str:
+    """The device a stage ran on, for build_info.json: ``cpu``, or ``cuda (NVIDIA H200)``."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return device
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=REPO_ROOT / "esd_lora" / "bundled" / "base", help="output pipeline folder")
@@ -571,6 +582,7 @@ def main() -> None:
     print(f"rendered {len(images)} images in {time.time() - t0:.0f} s", flush=True)
 
     stage = {"seed": args.seed, "threads": governor.max_threads, "images": args.n_images, "lr": args.lr,
+             "batch_size": args.batch_size, "device": describe_device(args.device),
              "world_version": args.world_version}
     if args.oversample:
         stage["oversample"] = args.oversample
@@ -578,7 +590,7 @@ def main() -> None:
         previous = json.loads((args.resume / "build_info.json").read_text())
         tokenizer_files = args.resume / "tokenizer"
         tokenizer = CLIPTokenizer.from_pretrained(args.resume / "tokenizer")
-        vae = AutoencoderKL.from_pretrained(args.resume / "vae")
+        vae = AutoencoderKL.from_pretrained(args.resume / "vae").to(args.device)
         text_encoder = CLIPTextModel.from_pretrained(args.resume / "text_encoder").eval().requires_grad_(False)
         start_unet = UNet2DConditionModel.from_pretrained(args.resume / "unet")
         mean, std = encode_latents(vae, images, args.device)

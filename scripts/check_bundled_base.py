@@ -57,10 +57,10 @@ fp32 safetensors, {{ size_mb }} MB in all.
 ## Training
 
 `python scripts/build_bundled_base.py` (seeded), in {{ info.stages | length }} stage(s), {{ info.build_minutes }}
-minutes in all on 2 CPU cores, {{ info.unet_steps }} UNet steps:
+minutes in all, {{ info.unet_steps }} UNet steps (a stage without a device ran on 2 CPU cores, batch 64):
 
 {% for st in info.stages -%}
-- {% if st.resumed_from %}`--resume` (seed {{ st.seed }}, lr {{ st.lr }}{% if st.oversample %}, `--oversample` {{ st.oversample }}{% endif %}){% else %}from scratch (seed {{ st.seed }}, lr {{ st.lr }}): VAE {{ st.vae_steps }} steps, text encoder pretraining {{ st.text_steps }} steps{% endif %}, world version {{ st.world_version | default(1) }}{% if st.judge_accuracy_on_vae_reconstructions %} (judge{% if st.judge %} `{{ st.judge }}`{% endif %} accuracy on the VAE's reconstructions of it: {{ st.judge_accuracy_on_vae_reconstructions }}){% endif %}, UNet {{ st.unet_steps }} steps, {{ st.minutes }} min
+- {% if st.resumed_from %}`--resume` (seed {{ st.seed }}, lr {{ st.lr }}{% if st.oversample %}, `--oversample` {{ st.oversample }}{% endif %}){% else %}from scratch (seed {{ st.seed }}, lr {{ st.lr }}): VAE {{ st.vae_steps }} steps, text encoder pretraining {{ st.text_steps }} steps{% endif %}, world version {{ st.world_version | default(1) }}{% if st.judge_accuracy_on_vae_reconstructions %} (judge{% if st.judge %} `{{ st.judge }}`{% endif %} accuracy on the VAE's reconstructions of it: {{ st.judge_accuracy_on_vae_reconstructions }}){% endif %}, UNet {{ st.unet_steps }} steps{% if st.batch_size %} of batch {{ st.batch_size }}{% endif %}, {{ st.minutes }} min{% if st.device %} on {{ st.device }}{% if st.device == 'cpu' %} ({{ st.threads }} threads){% endif %}{% endif %}
 {% endfor %}
 Each stage renders its training images from the world version it names (`--world-version`; the versions differ
 only in how patterns are drawn: `world.PATTERN_GEOMETRY`, and `world.WORLD_VERSION` for what each is).

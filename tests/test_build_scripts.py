@@ -32,7 +32,8 @@ def test_bad_oversample_is_a_one_line_error(build, item, message):
 
 
 def test_model_card_names_each_stage_world_version_and_oversampling(load_script, tmp_path):
-    """The card says which world each build stage rendered (build_info.json of earlier builds has no version: 1)."""
+    """The card says which world, device and batch each build stage used (older build_info.json files name no
+    world version, device or batch: version 1, 2 CPU cores, batch 64)."""
     import argparse
     import json
     import shutil
@@ -46,14 +47,18 @@ def test_model_card_names_each_stage_world_version_and_oversampling(load_script,
     resumed = {"seed": 3, "lr": 4e-4, "resumed_from": "/tmp/b", "world_version": 2, "oversample": {"dotted": 1.5},
                "judge_accuracy_on_vae_reconstructions": {"pattern": 0.97}, "judge": "judge-v2.safetensors",
                "minutes": 40.0, "unet_steps": 2400}
-    info = {"build_minutes": 90.0, "unet_steps": 5530, "stages": [first, resumed]}
+    on_gpu = {"seed": 4, "lr": 3e-4, "resumed_from": "/tmp/c", "world_version": 2, "batch_size": 256,
+              "device": "cuda (NVIDIA H200)", "threads": 3, "minutes": 3.4, "unet_steps": 2821}
+    info = {"build_minutes": 93.4, "unet_steps": 8351, "stages": [first, resumed, on_gpu]}
     (model / "build_info.json").write_text(json.dumps(info))
     scores = {"red": {"train": 1.0, "held-out": 0.5}}
     check.write_card(model, scores, argparse.Namespace(n=32, steps=25, guidance=5.0))
     card = (model / "README.md").read_text()
     stages = [line for line in card.splitlines() if line.startswith("- ") and "UNet" in line]
-    assert len(stages) == 2
+    assert len(stages) == 3
     assert "from scratch" in stages[0] and "world version 1," in stages[0] and "judge accuracy" not in stages[0]
+    assert "UNet 3130 steps, 50.0 min" in stages[0]  # a stage from before devices were recorded: 2 CPU cores
+    assert "UNet 2821 steps of batch 256, 3.4 min on cuda (NVIDIA H200)" in stages[2]
     assert "`--resume`" in stages[1] and "world version 2 (judge `judge-v2.safetensors` accuracy" in stages[1]
     assert "`--oversample` {'dotted': 1.5}" in stages[1]
     assert "| red | 100% | 50% |" in card
