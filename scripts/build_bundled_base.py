@@ -64,6 +64,7 @@ from tqdm import tqdm
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+import esd_lora  # noqa: E402  (first: its log filter drops transformers' notes on the missing torchvision)
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
@@ -583,7 +584,7 @@ def main() -> None:
 
     stage = {"seed": args.seed, "threads": governor.max_threads, "images": args.n_images, "lr": args.lr,
              "batch_size": args.batch_size, "device": describe_device(args.device),
-             "world_version": args.world_version}
+             "world_version": args.world_version, "esd_lora": esd_lora.__version__}
     if args.oversample:
         stage["oversample"] = args.oversample
     if args.resume:  # keep the earlier build's VAE, tokenizer and text encoder; continue its UNet
