@@ -46,7 +46,7 @@ def test_model_card_names_each_stage_world_version_and_oversampling(load_script,
     first = {"seed": 0, "lr": 6e-4, "vae_steps": 2000, "text_steps": 200, "minutes": 50.0, "unet_steps": 3130}
     resumed = {"seed": 3, "lr": 4e-4, "resumed_from": "/tmp/b", "world_version": 2, "oversample": {"dotted": 1.5},
                "judge_accuracy_on_vae_reconstructions": {"pattern": 0.97}, "judge": "judge-v2.safetensors",
-               "minutes": 40.0, "unet_steps": 2400}
+               "minutes": 40.0, "unet_steps": 2400, "batch_size": 64, "device": "cpu", "threads": 2}
     on_gpu = {"seed": 4, "lr": 3e-4, "resumed_from": "/tmp/c", "world_version": 2, "batch_size": 256,
               "device": "cuda (NVIDIA H200)", "threads": 3, "minutes": 3.4, "unet_steps": 2821}
     info = {"build_minutes": 93.4, "unet_steps": 8351, "stages": [first, resumed, on_gpu]}
@@ -58,6 +58,7 @@ def test_model_card_names_each_stage_world_version_and_oversampling(load_script,
     assert len(stages) == 3
     assert "from scratch" in stages[0] and "world version 1," in stages[0] and "judge accuracy" not in stages[0]
     assert "UNet 3130 steps, 50.0 min" in stages[0]  # a stage from before devices were recorded: 2 CPU cores
+    assert "UNet 2400 steps of batch 64, 40.0 min on cpu (2 threads)" in stages[1]
     assert "UNet 2821 steps of batch 256, 3.4 min on cuda (NVIDIA H200)" in stages[2]
     assert "`--resume`" in stages[1] and "world version 2 (judge `judge-v2.safetensors` accuracy" in stages[1]
     assert "`--oversample` {'dotted': 1.5}" in stages[1]
