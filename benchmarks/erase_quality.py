@@ -1,7 +1,9 @@
 """Erasure quality on the bundled base: efficacy, specificity and wall time, per concept and setting.
 
     python benchmarks/erase_quality.py [--concepts red star striped] [--settings default plain preserve cosine]
-                                       [--seeds 0 1 2] [--n 32] [--json results.json] [--base DIR]
+                                       [--seeds 0 1 2] [--n 32] [--json results.json] [--base DIR] [--judge FILE]
+    # a rebuilt base of another world version (with the bundled base's esd_lora.json), judged by its own judge
+    python benchmarks/erase_quality.py --base base-v6 --judge judge-v6.safetensors --concepts red striped circle
 
 For each concept and setting it trains an adapter on the bundled base, then evaluates every concept of the
 bundled world (training and held-out phrasings) with and without the adapter, from the same prompts and seeds.
@@ -42,8 +44,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import esd_lora  # noqa: E402
 from esd_lora.bundled import world  # noqa: E402
+from esd_lora.bundled.judge import WEIGHTS_PATH, weights_from, weights_problem  # noqa: E402
 from esd_lora.erase import scene_contexts  # noqa: E402
-from esd_lora.families import load_pipeline  # noqa: E402
+from esd_lora.families import RECOMMENDED_FILE, base_folder, load_pipeline  # noqa: E402
 
 PREVIOUS_DEFAULT = {"method": "esd-x", "preserve_text_weight": 0.0, "eta": 1.0, "contexts": []}
 """The bundled base's recommendation before 2026-11-30, less what it shares with today's (lr, preservation weight)."""
@@ -115,8 +118,27 @@ def main() -> None:
                         help="seeds of the erasure (the evaluation uses seed + 1); several give a mean per setting")
     parser.add_argument("--json", default=None)
     parser.add_argument("--base", default="bundled", help="a copy of the bundled base (e.g. a rebuild) to measure")
+    parser.add_argument("--judge", type=Path, default=None, metavar="FILE",
+                        help="judge with these weights, for a base built on another world version (python -m "
+                             "esd_lora.bundled.judge --world-version V --out FILE; default: the bundled judge)")
     args = parser.parse_args()
+    if args.judge is not None and (problem := weights_problem(args.judge)):
+        parser.error(f"--judge {args.judge}: {problem}")
     pipe = load_pipeline(args.base, device="cpu")
+    if not (base_folder(pipe) / RECOMMENDED_FILE).is_file():
+        print(f"note: {args.base} has no {RECOMMENDED_FILE}: 'default' is the library's erasure, not the bundled "
+              f"base's (copy esd_lora/bundled/base/{RECOMMENDED_FILE} into it)")
+    with weights_from(args.judge or WEIGHTS_PATH):
+        results = measure(pipe, args)
+    if len(args.seeds) > 1:
+        print(f"\nmean over seeds {' '.join(map(str, args.seeds))}")
+        print("\n".join(summary(results)), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def measure(pipe, args) -> list[dict]:
+    """Every run of ``args``' concepts, settings and seeds on ``pipe``, each printed as a line once done."""
     print(f"{'concept':<9} {'setting':<15} {'seed':>4} {'base':>5} {'train':>6} {'held-out':>8} {'worst other':>19} "
           f"{'dotted':>7} {'but dotted':>10} {'seconds':>7}  bar")
     results = []
@@ -129,11 +151,7 @@ def main() -> None:
                       f"{r['erased_held_out']:>8.0%} {r['worst_other']:>9} {r['worst_other_ratio']:>8.0%} "
                       f"{_pct(r['dotted_ratio']):>7} {_pct(r['worst_but_dotted_ratio']):>10} {r['seconds']:>7.0f}  "
                       f"{'pass' if r['passes'] else 'FAIL'}", flush=True)
-    if len(args.seeds) > 1:
-        print(f"\nmean over seeds {' '.join(map(str, args.seeds))}")
-        print("\n".join(summary(results)), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    return results
 
 
 def summary(results: list[dict]) -> list[str]:

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .base_rates import stored_rates
+from .base_rates import judge_digest, stored_rates
 from .config import positive_int
 from .errors import ConfigError
 from .families import as_pipeline
@@ -117,8 +117,8 @@ def evaluate(base=None, *, adapters: list[AdapterSpec | str] = (), concepts: lis
     """Judge ``n`` images per concept and phrasing split, from the base and from base + ``adapters``.
 
     ``base`` defaults to the bundled base model, the only one the bundled judge can score. With adapters, the base's
-    rates are read from the base folder's stored measurement when one fits (the same weights, settings and
-    concepts, fp32 on the CPU; :mod:`esd_lora.base_rates`), and only the grid's few base images are generated;
+    rates are read from the base folder's stored measurement when one fits (the same weights, settings, concepts
+    and judge, fp32 on the CPU; :mod:`esd_lora.base_rates`), and only the grid's few base images are generated;
     ``fresh_base=True`` generates and judges them all again. ``progress`` shows a progress bar over the images
     (on stderr).
     """
@@ -130,7 +130,7 @@ def evaluate(base=None, *, adapters: list[AdapterSpec | str] = (), concepts: lis
     pipe = as_pipeline(base or "bundled", device=device, dtype=dtype)
     plan = evaluation_plan(concepts, n, seed)
     settings = {"base": str(getattr(pipe, "name_or_path", base)), "n": n, "steps": steps,
-                "guidance_scale": guidance_scale, "seed": seed}
+                "guidance_scale": guidance_scale, "seed": seed, "judge": judge_digest()}
     stored = None if fresh_base or not specs else stored_rates(pipe, settings, concepts)
 
     bar = None

@@ -14,7 +14,9 @@ Usage::
 ``--card`` (re)writes the model card ``README.md`` of the model folder with the measured table and the build facts
 of its ``build_info.json``.
 ``--store-rates`` adds the measured rates to the model folder's ``base_rates.json``: ``esd-lora evaluate`` reads
-them instead of generating the base's images when the weights and its settings match (``esd_lora.base_rates``).
+them instead of generating the base's images when the weights, its settings and the judge match
+(``esd_lora.base_rates``; with ``--judge``, a measurement for that judge, which evaluate reads inside
+``esd_lora.bundled.judge.weights_from``, as ``benchmarks/erase_quality.py --judge`` does).
 """
 
 from __future__ import annotations
@@ -140,15 +142,16 @@ def main() -> None:
     p.add_argument("--card", action="store_true", help="(re)write the model folder's README.md with these scores")
     p.add_argument("--store-rates", action="store_true",
                    help="add these rates to the model folder's base_rates.json, which esd-lora evaluate reads "
-                        "instead of generating the base's images at the same settings (--device cpu)")
+                        "instead of generating the base's images at the same settings and with the same judge "
+                        "(--device cpu)")
     p.add_argument("--judge", type=Path, default=None, metavar="FILE",
                    help="judge with these weights, for a model built on another world version (python -m "
                         "esd_lora.bundled.judge --world-version V --out FILE; default: the bundled judge)")
     args = p.parse_args()
     if args.judge is not None and (problem := weights_problem(args.judge)):
         p.error(f"--judge {args.judge}: {problem}")
-    if args.judge is not None and (args.card or args.store_rates):
-        p.error("--card and --store-rates keep the bundled judge's figures; leave out --judge")
+    if args.judge is not None and args.card:
+        p.error("--card keeps the bundled judge's figures; leave out --judge")
     if args.store_rates and args.device != "cpu":
         p.error("--store-rates: stored base rates are measured on the CPU (leave out --device)")
     start = time.time()

@@ -154,3 +154,43 @@ def test_the_bundled_base_stores_rates_of_its_own_weights_that_a_fresh_measureme
         if concept == "dotted":
             images = evaluate_module.generate_images(pipe, prompts, seed, 25, 5.0, 128)
             assert np.mean(judged_as(images, "dotted")) == pytest.approx(stored_dotted[split], abs=1 / 32 + 1e-9)
+
+
+@pytest.fixture
+def other_judge(tmp_path):
+    """Judge weights other than the bundled judge's (untrained): another world version's judge, say."""
+    from esd_lora.bundled.judge import JudgeNet, save_weights
+
+    path = tmp_path / "other-judge.safetensors"
+    torch.manual_seed(0)
+    save_weights(JudgeNet(), path)
+    return path
+
+
+def test_rates_are_read_only_under_the_judge_that_labelled_them(stored, other_judge):
+    from esd_lora.base_rates import judge_digest
+    from esd_lora.bundled.judge import WEIGHTS_PATH, weights_from
+
+    folder, pipe, _ = stored
+    with weights_from(other_judge):
+        assert stored_rates(pipe, SETTINGS, CONCEPTS) is None  # the bundled judge's labels, not this one's
+        report = evaluate(pipe, concepts=CONCEPTS, n=5, steps=2)
+        assert "base_rates" not in report.settings
+        store_rates(pipe, report)  # beside the bundled judge's measurement of the same settings
+        rates, note = stored_rates(pipe, SETTINGS, CONCEPTS)
+        assert rates == report.base_rates() and "settings and judge" in note
+    assert stored_rates(pipe, SETTINGS, CONCEPTS)[0]["red"]["train"] == 0.123  # the bundled judge's, kept
+    measurements = json.loads((folder / FILE).read_text())["measurements"]
+    assert sorted(m["judge"] for m in measurements) == sorted([judge_digest(WEIGHTS_PATH), judge_digest(other_judge)])
+
+
+def test_a_measurement_stored_before_judges_were_recorded_is_the_bundled_judges(stored, other_judge):
+    from esd_lora.bundled.judge import weights_from
+
+    folder, pipe, _ = stored
+    data = json.loads((folder / FILE).read_text())
+    del data["measurements"][0]["judge"]
+    (folder / FILE).write_text(json.dumps(data))
+    assert stored_rates(pipe, SETTINGS, CONCEPTS)[0]["red"]["train"] == 0.123
+    with weights_from(other_judge):
+        assert stored_rates(pipe, SETTINGS, CONCEPTS) is None

@@ -77,12 +77,11 @@ def test_judge_file_that_is_not_there_is_a_one_line_error(load_script, monkeypat
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--judge", "JUDGE", "--card"], "--card and --store-rates keep the bundled judge's figures; leave out --judge"),
-    (["--judge", "JUDGE", "--store-rates"], "--card and --store-rates keep the bundled judge's"),
+    (["--judge", "JUDGE", "--card"], "--card keeps the bundled judge's figures; leave out --judge"),
     (["--store-rates", "--device", "cuda"], "--store-rates: stored base rates are measured on the CPU"),
 ])
-def test_check_script_writes_no_card_or_rates_from_another_judge_or_device(load_script, monkeypatch, capsys,
-                                                                            tmp_path, args, message):
+def test_check_script_writes_no_card_from_another_judge_nor_rates_from_another_device(
+        load_script, monkeypatch, capsys, tmp_path, args, message):
     from esd_lora.bundled.judge import WEIGHTS_PATH
 
     check = load_script("scripts/check_bundled_base.py")
@@ -165,3 +164,15 @@ def test_check_script_stores_the_rates_it_measured(load_script, monkeypatch, cap
     (measurement,) = json.loads((model / FILE).read_text())["measurements"]
     assert (measurement["n"], measurement["steps"], measurement["seed"]) == (1, 2, 4)
     assert measurement["rates"] == json.loads((tmp_path / "scores.json").read_text())
+
+    # a base of another world version, judged by its own judge: that judge's measurement is stored beside
+    from esd_lora.base_rates import judge_digest
+    from esd_lora.bundled.judge import WEIGHTS_PATH, JudgeNet, save_weights
+
+    other = tmp_path / "judge-v6.safetensors"
+    save_weights(JudgeNet(), other)
+    monkeypatch.setattr("sys.argv", ["check", "--model", str(model), "--n", "1", "--steps", "2", "--seed", "4",
+                                     "--store-rates", "--judge", str(other)])
+    check.main()
+    measurements = json.loads((model / FILE).read_text())["measurements"]
+    assert sorted(m["judge"] for m in measurements) == sorted([judge_digest(WEIGHTS_PATH), judge_digest(other)])

@@ -112,3 +112,52 @@ def test_the_half_eta_setting_is_the_contexts_setting_with_eta_halved(monkeypatc
     assert halved.pop("eta") == 0.5 and contexts.pop("eta") == 1.0
     assert {k: v for k, v in halved.items() if k != "out"} == {k: v for k, v in contexts.items() if k != "out"}
     assert len(halved["contexts"]) == 5 * 4  # red in every shape x pattern
+
+
+def canned_main(monkeypatch, quality, argv: list[str], base_dir) -> list:
+    """Run the benchmark's main() on a stand-in pipeline loaded from ``base_dir``; return, per run, the judge
+    weights in use while it ran."""
+    from esd_lora.bundled.judge import weights_in_use
+
+    judges = []
+
+    def run(pipe, concept, setting, n, seed):
+        judges.append(weights_in_use())
+        return {"concept": concept, "setting": setting, "seed": seed, "base": 1.0, "erased_train": 0.0,
+                "erased_held_out": 0.0, "worst_other": "blue", "worst_other_ratio": 1.0, "dotted_ratio": 1.0,
+                "worst_but_dotted_ratio": 1.0, "seconds": 60.0, "passes": True}
+
+    monkeypatch.setattr(quality, "load_pipeline", lambda base, **_: SimpleNamespace(unet=None, name_or_path=base))
+    monkeypatch.setattr(quality, "run", run)
+    monkeypatch.setattr("sys.argv", ["erase_quality.py", "--base", str(base_dir), "--concepts", "red", *argv])
+    quality.main()
+    return judges
+
+
+def test_judge_option_judges_every_run_with_that_judge(monkeypatch, capsys, quality, tmp_path):
+    import shutil
+
+    from esd_lora import BUNDLED_BASE
+    from esd_lora.bundled.judge import WEIGHTS_PATH, weights_in_use
+
+    other = tmp_path / "judge-v6.safetensors"
+    shutil.copyfile(WEIGHTS_PATH, other)
+    assert canned_main(monkeypatch, quality, ["--judge", str(other), "--seeds", "0", "1"], BUNDLED_BASE) == [other] * 2
+    assert weights_in_use() == WEIGHTS_PATH  # the bundled judge again after the block
+    assert canned_main(monkeypatch, quality, [], BUNDLED_BASE) == [WEIGHTS_PATH]
+    assert "note:" not in capsys.readouterr().out  # the bundled base carries its erasure settings
+
+
+def test_a_base_without_the_bundled_settings_file_gets_a_note(monkeypatch, capsys, quality, tmp_path):
+    canned_main(monkeypatch, quality, [], tmp_path)
+    assert f"note: {tmp_path} has no esd_lora.json: 'default' is the library's erasure" in capsys.readouterr().out
+
+
+def test_a_judge_file_that_is_not_there_is_refused_before_loading_the_base(monkeypatch, capsys, quality, tmp_path):
+    monkeypatch.setattr(quality, "load_pipeline", lambda *a, **k: pytest.fail("loaded the base before refusing"))
+    monkeypatch.setattr("sys.argv", ["erase_quality.py", "--judge", str(tmp_path / "judge-v6.safetensors")])
+    with pytest.raises(SystemExit) as exit_info:
+        quality.main()
+    assert exit_info.value.code == 2
+    assert "judge-v6.safetensors: no such file; train one with python -m esd_lora.bundled.judge" in \
+        capsys.readouterr().err

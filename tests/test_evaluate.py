@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from esd_lora.base_rates import judge_digest
+from esd_lora.bundled.judge import WEIGHTS_PATH
 from esd_lora.cli import main
 from esd_lora.errors import ConfigError, OutputExistsError
 from esd_lora.evaluate import (ConceptScore, Report, UnknownConceptError, evaluate, generate_for_judges,
@@ -29,6 +31,7 @@ def test_same_prompts_and_seeds_with_and_without_adapters(tiny_dirs, sd1_adapter
     out = report.save(tmp_path / "report")
     saved = json.loads((out / "report.json").read_text())
     assert [row["base"] for row in saved["rows"]] == [r.base for r in report.rows]
+    assert saved["settings"]["judge"] == judge_digest(WEIGHTS_PATH)  # which judge labelled the images
     assert (out / "report.txt").read_text().strip() == report.table()
     assert (out / "grid.png").stat().st_size > 0
     with pytest.raises(OutputExistsError):

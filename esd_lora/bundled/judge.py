@@ -117,9 +117,15 @@ def weights_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
+def weights_in_use() -> Path:
+    """The judge weights file that :func:`judge` uses now: the bundled one, or that of the innermost
+    :func:`weights_from` block."""
+    return _weights[-1]
+
+
 def load_judge() -> JudgeNet:
     """Load the judge weights in use (cached): the bundled ones, or those of :func:`weights_from`."""
-    return load_weights(_weights[-1])
+    return load_weights(weights_in_use())
 
 
 @contextmanager
