@@ -125,8 +125,8 @@ def store_rates(pipe, report) -> Path:
     from . import __version__
 
     measurement = {**{k: report.settings[k] for k in SETTINGS}, "weights": weights_digest(pipe),
-                   "judge": report.settings.get("judge") or judge_digest(), "torch_threads": torch.get_num_threads(), "esd_lora": __version__,
-                   "rates": report.base_rates()}
+                   "judge": report.settings.get("judge") or judge_digest(), "torch_threads": torch.get_num_threads(),
+                   "esd_lora": __version__, "rates": report.base_rates()}
     path = folder / FILE
     kept = [m for m in (_read(path) if path.is_file() else [])
             if not (_same_settings(m, measurement) and _judged_by(m) == measurement["judge"])]
