@@ -44,7 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import esd_lora  # noqa: E402
 from esd_lora.bundled import world  # noqa: E402
-from esd_lora.bundled.judge import WEIGHTS_PATH, weights_from, weights_problem  # noqa: E402
+from esd_lora.bundled.judge import WEIGHTS_PATH, weights_file, weights_from  # noqa: E402
 from esd_lora.erase import scene_contexts  # noqa: E402
 from esd_lora.families import RECOMMENDED_FILE, base_folder, load_pipeline  # noqa: E402
 
@@ -118,12 +118,10 @@ def main() -> None:
                         help="seeds of the erasure (the evaluation uses seed + 1); several give a mean per setting")
     parser.add_argument("--json", default=None)
     parser.add_argument("--base", default="bundled", help="a copy of the bundled base (e.g. a rebuild) to measure")
-    parser.add_argument("--judge", type=Path, default=None, metavar="FILE",
+    parser.add_argument("--judge", type=weights_file, default=None, metavar="FILE",
                         help="judge with these weights, for a base built on another world version (python -m "
                              "esd_lora.bundled.judge --world-version V --out FILE; default: the bundled judge)")
     args = parser.parse_args()
-    if args.judge is not None and (problem := weights_problem(args.judge)):
-        parser.error(f"--judge {args.judge}: {problem}")
     pipe = load_pipeline(args.base, device="cpu")
     if not (base_folder(pipe) / RECOMMENDED_FILE).is_file():
         print(f"note: {args.base} has no {RECOMMENDED_FILE}: 'default' is the library's erasure, not the bundled "

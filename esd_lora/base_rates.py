@@ -95,10 +95,10 @@ def stored_rates(pipe, settings: dict, concepts: list[str]) -> tuple[dict[str, d
     folder = _folder(pipe)
     if folder is None or not (folder / FILE).is_file() or not _on_cpu_in_fp32(pipe):
         return None
-    fitting = [m for m in _read(folder / FILE)  # the same concepts in the same order: each one's seeds follow its place
-               if _same_settings(m, settings) and list(m.get("rates", {})) == list(concepts)]
     judge = settings.get("judge") or judge_digest()
-    fitting = [m for m in fitting if _judged_by(m) == judge]
+    fitting = [m for m in _read(folder / FILE)  # the same concepts in the same order: each one's seeds follow its place
+               if _same_settings(m, settings) and list(m.get("rates", {})) == list(concepts)
+               and _judged_by(m) == judge]
     if not fitting:
         return None
     digest = weights_digest(pipe)

@@ -69,7 +69,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
 from esd_lora.bundled import world  # noqa: E402
-from esd_lora.bundled.judge import WEIGHTS_PATH, judge, weights_from, weights_problem  # noqa: E402
+from esd_lora.bundled.judge import WEIGHTS_PATH, judge, weights_file, weights_from  # noqa: E402
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MAX_LENGTH = 77
@@ -551,7 +551,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--world-version", type=int, choices=world.VERSIONS, default=world.WORLD_VERSION,
                    help="render the training images of this world version (default: the current one; "
                         "each stage's version is in build_info.json)")
-    p.add_argument("--judge", type=Path, default=None, metavar="FILE",
+    p.add_argument("--judge", type=weights_file, default=None, metavar="FILE",
                    help="judge the VAE's reconstructions with these weights, a judge of --world-version (python -m "
                         "esd_lora.bundled.judge --world-version V --out FILE; default: the bundled judge)")
     p.add_argument("--oversample", nargs="+", default=[], metavar="CONCEPT=WEIGHT",
@@ -562,8 +562,6 @@ def parse_args() -> argparse.Namespace:
         p.error("--latent-size is for a build from scratch: --resume keeps the latent grid of the build it continues")
     if args.resume is None:  # resumed, the grid is the earlier build's (its UNet is continued, no new one made)
         args.latent_size = args.latent_size or 8
-    if args.judge is not None and (problem := weights_problem(args.judge)):
-        p.error(f"--judge {args.judge}: {problem}")
     if args.judge is None and args.world_version != world.WORLD_VERSION:
         print(f"note: the bundled judge was trained on world version {world.WORLD_VERSION}; --judge FILE measures "
               f"the VAE's reconstructions of version {args.world_version} with a judge of that version", flush=True)

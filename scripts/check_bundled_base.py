@@ -34,7 +34,7 @@ from huggingface_hub import ModelCard, ModelCardData  # noqa: E402
 
 from esd_lora import BUNDLED_BASE, evaluate  # noqa: E402
 from esd_lora.base_rates import store_rates  # noqa: E402
-from esd_lora.bundled.judge import WEIGHTS_PATH, weights_from, weights_problem  # noqa: E402
+from esd_lora.bundled.judge import WEIGHTS_PATH, weights_file, weights_from  # noqa: E402
 from esd_lora.families import load_pipeline  # noqa: E402
 
 CARD = """---
@@ -144,12 +144,10 @@ def main() -> None:
                    help="add these rates to the model folder's base_rates.json, which esd-lora evaluate reads "
                         "instead of generating the base's images at the same settings and with the same judge "
                         "(--device cpu)")
-    p.add_argument("--judge", type=Path, default=None, metavar="FILE",
+    p.add_argument("--judge", type=weights_file, default=None, metavar="FILE",
                    help="judge with these weights, for a model built on another world version (python -m "
                         "esd_lora.bundled.judge --world-version V --out FILE; default: the bundled judge)")
     args = p.parse_args()
-    if args.judge is not None and (problem := weights_problem(args.judge)):
-        p.error(f"--judge {args.judge}: {problem}")
     if args.judge is not None and args.card:
         p.error("--card keeps the bundled judge's figures; leave out --judge")
     if args.store_rates and args.device != "cpu":

@@ -117,6 +117,14 @@ def weights_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
+def weights_file(path: str) -> Path:
+    """An argparse ``type`` for a ``--judge FILE`` option: ``path``, if it holds judge weights; else an argument error
+    with the one line of :func:`weights_problem`, before any work."""
+    if problem := weights_problem(path):
+        raise argparse.ArgumentTypeError(f"{path}: {problem}")
+    return Path(path)
+
+
 def weights_in_use() -> Path:
     """The judge weights file that :func:`judge` uses now: the bundled one, or that of the innermost
     :func:`weights_from` block."""
