@@ -383,26 +383,39 @@ def make_config(base, concepts, config: EraseConfig | None = None, **options) ->
     return EraseConfig(**{**start, **options, "concepts": concepts})
 
 
-def recommended_start(base, concepts, options: dict) -> tuple[dict, Path | None]:
-    """What the base's recommendations give an erasure of ``concepts`` before ``options`` apply, and the file they
-    come from: its options, ``anchors`` made the preserved prompts and ``scenes`` the contexts (unless ``options``
-    set those), less any recommendation an explicit option makes invalid (the file suits the base's defaults)."""
+def recommended_start(base, concepts, options: dict) -> tuple[dict, Path | None, list[str] | None]:
+    """What the base's recommendations give an erasure of ``concepts`` before ``options`` apply, the file they come
+    from, and the names of the ``by_concept`` group whose settings were added (None when none applies): its
+    options, with those of the group that names every erased concept on top, ``anchors`` made the preserved prompts
+    and ``scenes`` the contexts (unless ``options`` or the group set those), less any recommendation an explicit
+    option makes invalid (the file suits the base's defaults)."""
     start, path = recommended_options(base)
     anchors, scenes = start.pop("anchors", []), start.pop("scenes", [])
+    erased = [concepts] if isinstance(concepts, str) else list(concepts)
+    group = concept_group(start.pop("by_concept", []), erased)
+    start.update(group["erase"] if group else {})
     unknown = set(start) - set(EraseConfig.__dataclass_fields__) | {"concepts"} & set(start)
     if unknown:
         raise ConfigError(f"{path} recommends unknown option(s) {', '.join(sorted(unknown))}: fix the file")
-    erased = [concepts] if isinstance(concepts, str) else list(concepts)
-    if anchors and "preserve" not in options:
+    if anchors and "preserve" not in options and "preserve" not in start:
         start["preserve"] = default_anchors(anchors, erased)
-    if scenes and "contexts" not in options:
+    if scenes and "contexts" not in options and "contexts" not in start:
         start["contexts"] = scene_contexts(scenes, erased)
     chosen = {**start, **options}
     if chosen.get("method") == "esd-u" and "preserve_text_weight" not in options:
         start.pop("preserve_text_weight", None)  # it holds cross-attention, which esd-u does not train
     if chosen.get("adversarial_every") and "contexts" not in options:
         start.pop("contexts", None)  # not combined with adversarial erasure yet
-    return start, path
+    return start, path, group["concepts"] if group else None
+
+
+def concept_group(groups: list[dict], concepts: list[str]) -> dict | None:
+    """The first of a base's ``by_concept`` groups that names every erased concept (any case and spacing)."""
+    def norm(name) -> str:
+        return " ".join(str(name).lower().split())
+
+    erased = {norm(c) for c in concepts}
+    return next((g for g in groups if erased and erased <= {norm(c) for c in g["concepts"]}), None)
 
 
 def default_anchors(anchors: list[str], concepts: list[str]) -> list[str]:

@@ -181,9 +181,13 @@ def _dtype_keyword() -> str:
 
 RECOMMENDED_FILE = "esd_lora.json"
 """A file a base model folder may carry: ``{"erase": {option: value}, "anchors": [prompt, ...], "scenes": [prompt,
-...]}``: the erasure settings that suit the base, prompts to preserve by default (those naming an erased concept are
-left out), and typical prompts from which an erasure's contexts are taken (those naming the erased concept, with the
-concept as the slot: "striped red circle" gives "striped {} circle" when red is erased)."""
+...], "by_concept": [{"concepts": [name, ...], "erase": {option: value}}, ...]}``: the erasure settings that suit the
+base, prompts to preserve by default (those naming an erased concept are left out), typical prompts from which an
+erasure's contexts are taken (those naming the erased concept, with the concept as the slot: "striped red circle"
+gives "striped {} circle" when red is erased), and settings for some concepts on top of ``erase`` (a group applies
+when every erased concept is one of its names, any case; ``"contexts": []`` there turns the scenes off)."""
+
+RECOMMENDED_KEYS = ("erase", "anchors", "scenes", "by_concept")
 
 
 def base_folder(base) -> Path | None:
@@ -205,15 +209,41 @@ def recommended_options(base) -> tuple[dict, Path | None]:
         return {}, None
     try:
         data = json.loads(path.read_text())
+        unknown = sorted(set(data) - set(RECOMMENDED_KEYS)) if isinstance(data, dict) else []
+        if unknown:
+            raise TypeError(f"unknown key(s) {', '.join(map(repr, unknown))}; "
+                            f"the keys are {', '.join(RECOMMENDED_KEYS)}")
         options = dict(data.get("erase", {}))
         lists = {key: data.get(key, []) for key in ("anchors", "scenes")}
         for key, prompts in lists.items():
-            if not isinstance(prompts, list) or not all(isinstance(a, str) for a in prompts):
+            if not _strings(prompts):
                 raise TypeError(f"'{key}' is not a list of prompts")
+        groups = [_concept_group(group) for group in _list(data.get("by_concept", []), "by_concept")]
     except (ValueError, TypeError, AttributeError) as exc:
         raise NotAPipelineError(f"{path} is not a valid esd-lora settings file ({exc}): fix or delete it") from exc
     options.update({key: prompts for key, prompts in lists.items() if prompts})
+    if groups:
+        options["by_concept"] = groups
     return options, path
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _list(value, key: str) -> list:
+    if not isinstance(value, list):
+        raise TypeError(f"'{key}' is not a list")
+    return value
+
+
+def _concept_group(group) -> dict:
+    """One entry of ``by_concept``, checked: ``{"concepts": [name, ...], "erase": {option: value}}``."""
+    if not isinstance(group, dict) or set(group) != {"concepts", "erase"} or not _strings(group["concepts"]) \
+            or not group["concepts"] or not isinstance(group["erase"], dict):
+        raise TypeError(f'a \'by_concept\' entry is not {{"concepts": [name, ...], "erase": {{option: value}}}}: '
+                        f"{json.dumps(group)[:80]}")
+    return {"concepts": list(group["concepts"]), "erase": dict(group["erase"])}
 
 
 def _pipeline_class_name(base: str) -> str:

@@ -434,11 +434,57 @@ def test_the_bundled_base_recommends_its_scenes_as_contexts():
     assert make_config("bundled", ["red", "star"]).contexts == []  # a colour and a shape share no contexts
 
 
+def test_a_base_recommends_settings_for_some_concepts(recommending_base):
+    """``by_concept``: a group's settings go on top of the base's for an erasure of its concepts only, and an
+    explicit option still wins."""
+    from esd_lora.erase import make_config, recommended_start
+
+    settings = json.loads((recommending_base / "esd_lora.json").read_text())
+    settings["erase"].pop("contexts")
+    settings["scenes"] = ["striped red star", "solid blue star", "striped red circle"]
+    settings["by_concept"] = [{"concepts": ["Star", "circle"], "erase": {"eta": 2.0, "contexts": []}},
+                              {"concepts": ["star", "blue"], "erase": {"lr": 0.5, "preserve": ["a toy"]}}]
+    (recommending_base / "esd_lora.json").write_text(json.dumps(settings))
+
+    star = make_config(recommending_base, "star")
+    assert (star.eta, star.lr, star.contexts) == (2.0, 0.01, [])  # the group on top; its [] turns the scenes off
+    assert star.preserve == ["red", "blue", "dotted"]  # the anchors, as without a group
+    assert make_config(recommending_base, ["STAR", " circle "]).eta == 2.0  # every concept in the first group
+    assert make_config(recommending_base, "star", eta=0.5).eta == 0.5  # explicit wins
+    red = make_config(recommending_base, "red")  # no group names red: the base's settings and its scenes
+    assert (red.eta, red.lr, red.contexts) == (1.0, 0.01, ["striped {} star", "striped {} circle"])
+    blue = make_config(recommending_base, "blue")  # the second group: its preserve replaces the anchors
+    assert (blue.lr, blue.preserve, blue.eta) == (0.5, ["a toy"], 1.0)
+    mixed = make_config(recommending_base, ["star", "red"])  # not all in one group: none applies
+    assert (mixed.eta, mixed.lr) == (1.0, 0.01)
+    assert recommended_start(recommending_base, "circle", {})[2] == ["Star", "circle"]
+    assert recommended_start(recommending_base, "red", {})[2] is None
+    adapter = esd_lora.erase(recommending_base, "star", ddim_steps=2, progress=False, device="cpu")
+    assert adapter.metadata.config.eta == 2.0  # the file records the group's settings
+
+
+def test_erase_says_which_concepts_settings_it_uses(recommending_base, tmp_path, capsys):
+    from esd_lora.cli import main
+
+    settings = json.loads((recommending_base / "esd_lora.json").read_text())
+    settings["by_concept"] = [{"concepts": ["red", "crimson"], "erase": {"eta": 2.0, "contexts": []}}]
+    (recommending_base / "esd_lora.json").write_text(json.dumps(settings))
+    out = tmp_path / "red.safetensors"
+    assert main(["erase", "red", "--base", str(recommending_base), "--ddim-steps", "2", "--out", str(out)]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("using the settings"))
+    assert "(with its settings for red, crimson)" in line and "eta=2.0" in line and "contexts=[]" in line
+
+
 @pytest.mark.parametrize("content, error, match", [
     ('{"erase": {"learning_rate": 1}}', ConfigError, "recommends unknown option"),
     ('{"scenes": [1, 2]}', NotAPipelineError, "'scenes' is not a list of prompts"),
     ('{"erase": [1]}', NotAPipelineError, "not a valid esd-lora settings file"),
     ('{"anchors": "red"}', NotAPipelineError, "not a list of prompts"),
+    ('{"erase": {}, "anchor": ["red"]}', NotAPipelineError, "unknown key\\(s\\) 'anchor'; the keys are erase, "),
+    ('{"by_concept": {"red": {}}}', NotAPipelineError, "'by_concept' is not a list"),
+    ('{"by_concept": [{"concepts": ["red"]}]}', NotAPipelineError, "a 'by_concept' entry is not"),
+    ('{"by_concept": [{"concepts": [], "erase": {}}]}', NotAPipelineError, "a 'by_concept' entry is not"),
+    ('{"by_concept": [{"concepts": ["red"], "erase": {"etaa": 1}}]}', ConfigError, "recommends unknown option"),
     ("not json", NotAPipelineError, "not a valid esd-lora settings file"),
 ])
 def test_bad_settings_file_is_named(recommending_base, content, error, match):

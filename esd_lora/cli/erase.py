@@ -92,10 +92,11 @@ def run(args) -> int:
 
     options = erase_options(args)
     config = make_config(args.base, args.concepts, **options)  # validates before the model is loaded
-    recommended, path = recommended_start(args.base, args.concepts, options)
-    used = {k: v for k, v in recommended.items() if k not in options and v != []}
+    recommended, path, group = recommended_start(args.base, args.concepts, options)
+    used = {k: v for k, v in recommended.items() if k not in options}
     if used and not args.quiet:
-        print(f"using the settings {path} recommends for this base: "
+        which = f" (with its settings for {', '.join(group)})" if group else ""
+        print(f"using the settings {path} recommends for this base{which}: "
               f"{', '.join(f'{k}={_brief(v)}' for k, v in used.items())} (override with the options)")
     out = args.out or default_name(config)
     adapter = erase(args.base, config.concepts, config=config, out=out, overwrite=args.overwrite,
