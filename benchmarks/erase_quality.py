@@ -4,6 +4,8 @@
                                        [--seeds 0 1 2] [--n 32] [--json results.json] [--base DIR] [--judge FILE]
     # a rebuilt base of another world version (with the bundled base's esd_lora.json), judged by its own judge
     python benchmarks/erase_quality.py --base base-v6 --judge judge-v6.safetensors --concepts red striped circle
+    # erase options on top of a setting (here the default): what a base's esd_lora.json might give a shape
+    python benchmarks/erase_quality.py --concepts circle --set eta=1 --set preserve_at=own --set preserve=others+scenes
 
 For each concept and setting it trains an adapter on the bundled base, then evaluates every concept of the
 bundled world (training and held-out phrasings) with and without the adapter, from the same prompts and seeds.
@@ -45,7 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import esd_lora  # noqa: E402
 from esd_lora.bundled import world  # noqa: E402
 from esd_lora.bundled.judge import WEIGHTS_PATH, weights_file, weights_from  # noqa: E402
-from esd_lora.erase import scene_contexts  # noqa: E402
+from esd_lora.config import parse_option  # noqa: E402
+from esd_lora.erase import make_config, scene_contexts  # noqa: E402
+from esd_lora.errors import EsdLoraError  # noqa: E402
 from esd_lora.families import RECOMMENDED_FILE, base_folder, load_pipeline  # noqa: E402
 
 PREVIOUS_DEFAULT = {"method": "esd-x", "preserve_text_weight": 0.0, "eta": 1.0, "contexts": []}
@@ -70,12 +74,15 @@ SETTINGS = {  # name -> erase options on top of the bundled base's recommendatio
 }
 
 
-def options_for(setting: str, concept: str) -> dict:
-    options = dict(SETTINGS[setting])
-    if options.get("preserve") == "others":  # every other concept of the world, in a plain phrasing
-        options["preserve"] = [c for c in world.all_concepts() if c != concept]
-    if options.get("preserve") == "scenes":  # every scene without the concept ("striped green circle", ...)
-        options["preserve"] = [phrase for phrase, values in scenes() if concept not in values]
+def options_for(setting: str, concept: str, extra: dict | None = None) -> dict:
+    """The erase options of ``setting`` with ``extra`` (``--set``) on top, for an erasure of ``concept``; the
+    prompt lists named by a word ("others", "scenes", "others+scenes", "world") made the world's prompts."""
+    options = {**SETTINGS[setting], **(extra or {})}
+    others = [c for c in world.all_concepts() if c != concept]  # every other concept of the world, plainly
+    without = [phrase for phrase, values in scenes() if concept not in values]  # every scene without the concept
+    named = {"others": others, "scenes": without, "others+scenes": others + without}
+    if isinstance(options.get("preserve"), str) and options["preserve"] in named:
+        options["preserve"] = named[options["preserve"]]
     if options.get("contexts") == "world":  # the concept in every scene ("striped {} circle" erasing a colour)
         options["contexts"] = scene_contexts([phrase for phrase, _ in scenes()], [concept])
     return options
@@ -87,8 +94,8 @@ def scenes() -> list[tuple[str, tuple[str, str, str]]]:
             for values in itertools.product(*(world.CONCEPTS[d] for d in ("shape", "colour", "pattern")))]
 
 
-def run(pipe, concept: str, setting: str, n: int, seed: int) -> dict:
-    options = options_for(setting, concept)
+def run(pipe, concept: str, setting: str, n: int, seed: int, extra: dict | None = None) -> dict:
+    options = options_for(setting, concept, extra)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "a.safetensors"
         start = time.perf_counter()
@@ -98,7 +105,7 @@ def run(pipe, concept: str, setting: str, n: int, seed: int) -> dict:
     ratios = report.kept([concept])
     worst = min(ratios, key=ratios.get)
     but_dotted = {c: r for c, r in ratios.items() if c != "dotted"}
-    return {"concept": concept, "setting": setting, "seed": seed, "seconds": seconds,
+    return {"concept": concept, "setting": setting, "set": extra or {}, "seed": seed, "seconds": seconds,
             "base": report.rate(concept, "base"),
             "erased_train": report.rate(concept, split="train"),
             "erased_held_out": report.rate(concept, split="held-out"),
@@ -116,12 +123,17 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=32, help="images per concept and phrasing split")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="seeds of the erasure (the evaluation uses seed + 1); several give a mean per setting")
+    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="OPTION=VALUE",
+                        help="an erase option on top of every setting's, e.g. --set eta=1 --set preserve_at=own (a "
+                             "JSON value, else a string; preserve=others, scenes or others+scenes: those prompts of "
+                             "the world without the erased concept)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--base", default="bundled", help="a copy of the bundled base (e.g. a rebuild) to measure")
     parser.add_argument("--judge", type=weights_file, default=None, metavar="FILE",
                         help="judge with these weights, for a base built on another world version (python -m "
                              "esd_lora.bundled.judge --world-version V --out FILE; default: the bundled judge)")
     args = parser.parse_args()
+    args.extra = parse_extra(parser, args)  # a bad --set is the one-line error now, not after the base loads
     pipe = load_pipeline(args.base, device="cpu")
     if not (base_folder(pipe) / RECOMMENDED_FILE).is_file():
         print(f"note: {args.base} has no {RECOMMENDED_FILE}: 'default' is the library's erasure, not the bundled "
@@ -135,15 +147,29 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
 
+def parse_extra(parser, args) -> dict:
+    """``--set`` as options, checked as every erasure of the run will be made (the base's recommendations too)."""
+    try:
+        extra = dict(parse_option(text) for text in args.extra)
+        for concept in args.concepts:
+            for setting in args.settings:
+                make_config(args.base, concept, **options_for(setting, concept, extra))
+    except EsdLoraError as exc:
+        parser.error(f"--set: {exc}")
+    return extra
+
+
 def measure(pipe, args) -> list[dict]:
     """Every run of ``args``' concepts, settings and seeds on ``pipe``, each printed as a line once done."""
     print(f"{'concept':<9} {'setting':<15} {'seed':>4} {'base':>5} {'train':>6} {'held-out':>8} {'worst other':>19} "
           f"{'dotted':>7} {'but dotted':>10} {'seconds':>7}  bar")
+    if args.extra:
+        print(f"every setting with {', '.join(f'{k}={v}' for k, v in args.extra.items())} on top")
     results = []
     for concept in args.concepts:
         for setting in args.settings:
             for seed in args.seeds:
-                r = run(pipe, concept, setting, args.n, seed)
+                r = run(pipe, concept, setting, args.n, seed, args.extra)
                 results.append(r)
                 print(f"{concept:<9} {setting:<15} {seed:>4} {r['base']:>5.0%} {r['erased_train']:>6.0%} "
                       f"{r['erased_held_out']:>8.0%} {r['worst_other']:>9} {r['worst_other_ratio']:>8.0%} "

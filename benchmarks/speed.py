@@ -664,18 +664,14 @@ def parse_args() -> argparse.Namespace:
 
 
 def _option(parser, text: str) -> tuple[str, object]:
-    """``--set NAME=VALUE`` as (name, value): the value parsed as JSON if it is JSON, else kept as a string."""
-    from esd_lora.erase import EraseConfig
+    """``--set NAME=VALUE`` as (name, value) (:func:`esd_lora.config.parse_option`), or the parser's error."""
+    from esd_lora.config import parse_option
+    from esd_lora.errors import ConfigError
 
-    name, sep, value = text.partition("=")
-    name = name.strip().replace("-", "_")
-    if not sep or name not in EraseConfig.__dataclass_fields__ or name == "concepts":
-        parser.error(f"--set {text}: expected OPTION=VALUE with OPTION one of esd_lora.erase's options "
-                     f"({', '.join(f for f in EraseConfig.__dataclass_fields__ if f != 'concepts')})")
     try:
-        return name, json.loads(value)
-    except json.JSONDecodeError:
-        return name, value
+        return parse_option(text)
+    except ConfigError as exc:
+        parser.error(f"--set {exc}")
 
 
 def main() -> None:

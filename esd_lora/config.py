@@ -7,6 +7,7 @@ reading a config (from a newer esd-lora, say) warn instead of being silently dro
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -213,3 +214,17 @@ def _clean_concept(text: Any, *, what: str = "concept") -> str:
     if not isinstance(text, str) or not text.strip():
         raise EmptyConceptError(f"empty {what}: give a non-empty text such as 'van gogh' or 'red'")
     return " ".join(text.split())
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` (a benchmark's ``--set``) as an erase option ``(name, value)``: dashes in the name are
+    underscores, and the value is parsed as JSON if it is JSON (``0.01``, ``[]``), else kept as a string."""
+    name, sep, value = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or name not in EraseConfig.__dataclass_fields__ or name == "concepts":
+        raise ConfigError(f"{text}: expected OPTION=VALUE with OPTION one of esd_lora.erase's options "
+                          f"({', '.join(f for f in EraseConfig.__dataclass_fields__ if f != 'concepts')})")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value

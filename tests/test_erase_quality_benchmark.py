@@ -114,6 +114,27 @@ def test_the_half_eta_setting_is_the_contexts_setting_with_eta_halved(monkeypatc
     assert len(halved["contexts"]) == 5 * 4  # red in every shape x pattern
 
 
+def test_set_puts_options_on_top_of_the_setting_and_names_the_worlds_prompt_lists(monkeypatch, quality):
+    given = canned_run(monkeypatch, quality, {"red": 0.0, "blue": 1.0, "star": 0.8, "dotted": 0.8})
+    result = quality.run(None, "star", "preserve16", 32, 1, {"eta": 0.5, "preserve": "others+scenes"})
+    assert given["eta"] == 0.5 and given["preserve_weight"] == 16.0 and result["set"]["eta"] == 0.5
+    others = [c for c in quality.world.all_concepts() if c != "star"]
+    assert given["preserve"][:12] == others and len(given["preserve"]) == 12 + 4 * 4 * 4  # the other 4 shapes' scenes
+    assert not any("star" in p for p in given["preserve"])
+
+
+@pytest.mark.parametrize("bad, says", [("learning_rate=1", "expected OPTION=VALUE"), ("eta", "expected OPTION=VALUE"),
+                                       ("method=nope", "nope"), ("preserve_at=own", None)])
+def test_a_bad_set_is_refused_before_the_base_loads(monkeypatch, capsys, quality, bad, says):
+    monkeypatch.setattr(quality, "load_pipeline", lambda *a, **k: pytest.fail("the base was loaded"))
+    monkeypatch.setattr("sys.argv", ["erase_quality.py", "--concepts", "red", "--settings", "plain", "--set", bad])
+    with pytest.raises(SystemExit) as exit_info:
+        quality.main()
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and err.startswith("erase_quality.py: error: --set")
+    assert says is None or says in err  # plain preserves nothing: there is nothing to hold at its own images
+
+
 def canned_main(monkeypatch, quality, argv: list[str], base_dir) -> list:
     """Run the benchmark's main() on a stand-in pipeline loaded from ``base_dir``; return, per run, the judge
     weights in use while it ran."""
@@ -121,7 +142,7 @@ def canned_main(monkeypatch, quality, argv: list[str], base_dir) -> list:
 
     judges = []
 
-    def run(pipe, concept, setting, n, seed):
+    def run(pipe, concept, setting, n, seed, extra):
         judges.append(weights_in_use())
         return {"concept": concept, "setting": setting, "seed": seed, "base": 1.0, "erased_train": 0.0,
                 "erased_held_out": 0.0, "worst_other": "blue", "worst_other_ratio": 1.0, "dotted_ratio": 1.0,
