@@ -20,10 +20,10 @@ cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$out" "$work/logs"
-python -c "import diffusers, transformers, esd_lora.evaluate, esd_lora.bundled.judge" # fail here, not after the builds
-python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'"
+python3 -c "import diffusers, transformers, esd_lora.evaluate, esd_lora.bundled.judge" # fail here, not after the builds
+python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'"
 
-OMP_NUM_THREADS=4 python -m esd_lora.bundled.judge --world-version 6 --out "$work/judge-v6.safetensors" \
+OMP_NUM_THREADS=4 python3 -m esd_lora.bundled.judge --world-version 6 --out "$work/judge-v6.safetensors" \
     > "$work/logs/judge.log" 2>&1 &
 judge_pid=$!
 common=(--latent-size 16 --world-version 6 --device cuda --unet-steps 200000 --threads 3 --budget-minutes "$minutes")
@@ -35,7 +35,7 @@ declare -A variant=(
 pids=()
 for name in "${!variant[@]}"; do
     # shellcheck disable=SC2086  # the variant's options split into words
-    python scripts/build_bundled_base.py --out "$work/$name" "${common[@]}" ${variant[$name]} \
+    python3 scripts/build_bundled_base.py --out "$work/$name" "${common[@]}" ${variant[$name]} \
         > "$work/logs/build-$name.log" 2>&1 &
     pids+=($!)
 done
@@ -44,12 +44,13 @@ wait "$judge_pid" || echo "the judge failed: see logs/judge.log; the builds come
 
 for name in "${!variant[@]}"; do
     [[ -f "$work/$name/model_index.json" ]] || continue
-    timeout "$check_s" python scripts/check_bundled_base.py --model "$work/$name" --judge "$work/judge-v6.safetensors" \
-        --n 64 --seed 0 --device cuda --json "$work/logs/check-$name.json" > "$work/logs/check-$name.log" 2>&1 &
+    OMP_NUM_THREADS=4 timeout "$check_s" python3 scripts/check_bundled_base.py --model "$work/$name" \
+        --judge "$work/judge-v6.safetensors" --n 64 --seed 0 --device cuda --json "$work/logs/check-$name.json" \
+        > "$work/logs/check-$name.log" 2>&1 &
 done
 wait || true
 
-python - "$work" "${!variant[@]}" > "$work/logs/summary.txt" <<'PY'
+python3 - "$work" "${!variant[@]}" > "$work/logs/summary.txt" <<'PY'
 import json, sys
 from pathlib import Path
 
