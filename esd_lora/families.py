@@ -218,7 +218,7 @@ def recommended_options(base) -> tuple[dict, Path | None]:
         for key, prompts in lists.items():
             if not _strings(prompts):
                 raise TypeError(f"'{key}' is not a list of prompts")
-        groups = [_concept_group(group) for group in _list(data.get("by_concept", []), "by_concept")]
+        groups = [_checked_group(group) for group in _list(data.get("by_concept", []), "by_concept")]
     except (ValueError, TypeError, AttributeError) as exc:
         raise NotAPipelineError(f"{path} is not a valid esd-lora settings file ({exc}): fix or delete it") from exc
     options.update({key: prompts for key, prompts in lists.items() if prompts})
@@ -237,7 +237,7 @@ def _list(value, key: str) -> list:
     return value
 
 
-def _concept_group(group) -> dict:
+def _checked_group(group) -> dict:
     """One entry of ``by_concept``, checked: ``{"concepts": [name, ...], "erase": {option: value}}``."""
     if not isinstance(group, dict) or set(group) != {"concepts", "erase"} or not _strings(group["concepts"]) \
             or not group["concepts"] or not isinstance(group["erase"], dict):

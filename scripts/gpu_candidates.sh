@@ -48,7 +48,7 @@ for name in "${!variant[@]}"; do
         --judge "$work/judge-v6.safetensors" --n 64 --seed 0 --device cuda --json "$work/logs/check-$name.json" \
         > "$work/logs/check-$name.log" 2>&1 &
 done
-wait || true
+wait  # every check (each ends by its timeout at the latest)
 
 python3 - "$work" "${!variant[@]}" > "$work/logs/summary.txt" <<'PY'
 import json, sys
