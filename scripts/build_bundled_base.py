@@ -562,7 +562,8 @@ def parse_args() -> argparse.Namespace:
         p.error("--latent-size is for a build from scratch: --resume keeps the latent grid of the build it continues")
     if args.resume is None:  # resumed, the grid is the earlier build's (its UNet is continued, no new one made)
         args.latent_size = args.latent_size or 8
-    if args.judge is None and args.world_version != world.WORLD_VERSION:
+    geometry = world.PATTERN_GEOMETRY[args.world_version]
+    if args.judge is None and (geometry.images_of or args.world_version) != world.WORLD_VERSION:
         print(f"note: the bundled judge was trained on world version {world.WORLD_VERSION}; --judge FILE measures "
               f"the VAE's reconstructions of version {args.world_version} with a judge of that version", flush=True)
     return args

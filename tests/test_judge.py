@@ -23,8 +23,12 @@ def test_judge_weights_are_small() -> None:
     assert WEIGHTS_PATH.stat().st_size < 1_000_000
 
 
-def test_judge_accuracy_per_dimension_on_fresh_renders() -> None:
-    acc = accuracy(400, seed=JUDGE_TEST_SEED)
+@pytest.mark.parametrize(
+    "version", [v for v in world.VERSIONS if (world.PATTERN_GEOMETRY[v].images_of or v) == world.WORLD_VERSION]
+)
+def test_judge_accuracy_per_dimension_on_fresh_renders(version: int) -> None:
+    """On the current world and on every version that draws only its images (7: version 1 anchored)."""
+    acc = accuracy(400, seed=JUDGE_TEST_SEED, version=version)
     for dim in world.DIMENSIONS:
         assert acc[dim] >= 0.98, f"judge accuracy on {dim}: {acc[dim]:.3f}"
 

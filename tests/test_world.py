@@ -61,12 +61,16 @@ def test_world_versions_differ_only_in_the_patterns(pattern: str) -> None:
     assert world.WORLD_VERSION in world.VERSIONS
 
 
+_CENTRE = (16.0, 16.0)
+"""A shape's centre for :func:`world._pattern_mask`; only an anchored version (7) reads it."""
+
+
 @pytest.mark.parametrize("pattern", ["striped", "dotted", "checkered"])
 def test_grid_locked_patterns_fill_whole_latent_cells(pattern: str) -> None:
     """Version 3 locks its 8-pixel patterns to the 4-pixel grid of the 8x8 latents: every 4x4 cell (one latent
     pixel) is one tone, or holds one whole dot, and the random draws pick one of two phases per axis."""
     size = world.IMAGE_SIZE * 4  # the supersampled canvas: a cell is 16x16 samples
-    masks = [world._pattern_mask(pattern, np.random.default_rng(seed), size, 3) for seed in range(12)]
+    masks = [world._pattern_mask(pattern, np.random.default_rng(seed), size, 3, _CENTRE) for seed in range(12)]
     for mask in masks:
         cells = mask.reshape(8, 16, 8, 16).transpose(0, 2, 1, 3).reshape(64, 16 * 16)
         kinds = {cell.tobytes() for cell in cells}
@@ -79,7 +83,7 @@ def test_grid_locked_patterns_fill_whole_latent_cells(pattern: str) -> None:
             assert dot[8, 0] == dot[8, 15] == dot[0, 8] == 1 and dot[0, 0] == 0 and 0.7 < dot.mean() < 0.85
     phases = {m.tobytes() for m in masks}
     assert len(phases) == {"striped": 4, "dotted": 4, "checkered": 2}[pattern]  # striped: 2 axes x 2 phases
-    old = [world._pattern_mask(pattern, np.random.default_rng(seed), size, 1) for seed in range(6)]
+    old = [world._pattern_mask(pattern, np.random.default_rng(seed), size, 1, _CENTRE) for seed in range(6)]
     assert len({m.tobytes() for m in old}) == 6  # version 1 draws its phase at random
 
 
@@ -116,12 +120,37 @@ def test_version_6_draws_version_2_dots_and_only_horizontal_stripes() -> None:
     draws vertical stripes too. (That nothing else changes: the test above.)"""
     size = world.IMAGE_SIZE * 4
     for seed in range(20):
-        new = world._pattern_mask("striped", np.random.default_rng(seed), size, 6)
+        new = world._pattern_mask("striped", np.random.default_rng(seed), size, 6, _CENTRE)
         assert (new == new[:, :1]).all() and 0.3 < new.mean() < 0.7  # constant along each row: horizontal bands
-        dots = [world._pattern_mask("dotted", np.random.default_rng(seed), size, v) for v in (2, 6)]
+        dots = [world._pattern_mask("dotted", np.random.default_rng(seed), size, v, _CENTRE) for v in (2, 6)]
         assert np.array_equal(*dots)
-    old = [world._pattern_mask("striped", np.random.default_rng(seed), size, 1) for seed in range(20)]
+    old = [world._pattern_mask("striped", np.random.default_rng(seed), size, 1, _CENTRE) for seed in range(20)]
     assert any((m != m[:, :1]).any() for m in old)  # some vertical
+
+
+@pytest.mark.parametrize("pattern", ["striped", "dotted", "checkered"])
+def test_version_7_anchors_the_pattern_to_the_shape_centre(pattern: str) -> None:
+    """Version 7 is version 1 with the phase set by the shape's centre: the same centre gives the same mask whatever
+    the random draws (stripes: one of two, horizontal or vertical), a dot sits on the centre, a stripe edge and a check corner pass through it; moving the centre
+    moves the pattern with it. Every other scene is version 1's to the pixel."""
+    size, unit = world.IMAGE_SIZE * 4, 4
+    centre = (13.3, 17.8)
+    masks = [world._pattern_mask(pattern, np.random.default_rng(seed), size, 7, centre) for seed in range(8)]
+    assert len({m.tobytes() for m in masks}) == (2 if pattern == "striped" else 1)
+    x, y = round(centre[0] * unit), round(centre[1] * unit)  # the centre on the supersampled canvas
+    mask = masks[0]
+    if pattern == "dotted":
+        assert mask[y, x] == 1 and mask[y, x + 2 * unit] == 0  # a dot of radius 1.8 px on the centre
+    elif pattern == "striped":  # horizontal or vertical: an edge through the centre along y or along x
+        assert mask[y + 1, x] != mask[y - 2, x] or mask[y, x + 1] != mask[y, x - 2]
+    else:
+        assert mask[y + 1, x + 1] == mask[y - 2, x - 2] != mask[y + 1, x - 2]
+    shifted = world._pattern_mask(pattern, np.random.default_rng(0), size, 7, (centre[0] + 2, centre[1] + 2))
+    assert np.array_equal(np.roll(mask, (2 * unit, 2 * unit), axis=(0, 1))[12:-12, 12:-12], shifted[12:-12, 12:-12])
+    old, attrs = world.render_dataset(300, seed=8, version=1)
+    new, _ = world.render_dataset(300, seed=8, version=7)
+    changed = {attrs[i][2] for i in range(len(attrs)) if not np.array_equal(old[i], new[i])}
+    assert changed == {"striped", "dotted", "checkered"}
 
 
 def test_unknown_world_version_is_refused() -> None:

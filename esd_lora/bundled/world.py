@@ -135,7 +135,12 @@ version can be re-run as it was (its ``build_info.json`` records the version):
   below the two latent pixels a period needs to be drawn on the latent grid at all);
 * 6: as 2 (dots of radius 2.3), with every stripe horizontal: in versions 1 to 5 a striped scene is horizontal or
   vertical at random, a two-way choice the small UNet blends into a plaid of both, which the judge may call dotted;
-  tried (two resume stages from the shipped base), not adopted.
+  tried (two resume stages from the shipped base), not adopted;
+* 7: as 1, with the pattern's phase anchored to the shape's centre (a dot, a stripe's edge and a check's corner at
+  the centre) instead of drawn at random. The centre is itself uniform over more than a period, so each pattern's
+  phase is as uniform as in version 1 and a version-7 scene is one version 1 could draw (the shipped judge reads
+  it); but once a model has placed the shape, the pattern is determined, where a random phase is a free choice
+  that a denoiser averages to a flat tone until late in sampling.
 
 docs/bundled-base-builds.md has what each was measured to do."""
 
@@ -146,7 +151,9 @@ class PatternGeometry(NamedTuple):
     dots' tone, the rest being black (light and mid-grey backgrounds) or white (dark ones), where every other pattern
     keeps :data:`SHADE_KEEP` (with black) or :data:`TINT_KEEP` (with white); ``None``: the dots do the same.
     ``dot_period``: the dots' own period (``None``: ``period``). ``horizontal_stripes``: every stripe horizontal
-    (else horizontal or vertical at random; the random draw is made either way)."""
+    (else horizontal or vertical at random; the random draw is made either way). ``anchored``: the phase is set by
+    the shape's centre (else drawn at random; the random draw is made either way). ``images_of``: a version whose
+    images these all are (so a judge of that version reads them), ``None``: its own."""
 
     period: float
     dot_radius: float
@@ -154,6 +161,8 @@ class PatternGeometry(NamedTuple):
     dot_keep: float | None = None
     dot_period: float | None = None
     horizontal_stripes: bool = False
+    anchored: bool = False
+    images_of: int | None = None
 
 
 SHADE_KEEP, TINT_KEEP = 0.38, 0.45
@@ -164,6 +173,7 @@ PATTERN_GEOMETRY: dict[int, PatternGeometry] = {
     4: PatternGeometry(7.0, 1.8, False, dot_keep=0.15),
     5: PatternGeometry(7.0, 2.2, False, dot_keep=0.15, dot_period=9.0),
     6: PatternGeometry(7.0, 2.3, False, horizontal_stripes=True),
+    7: PatternGeometry(7.0, 1.8, False, anchored=True, images_of=1),
 }
 VERSIONS: tuple[int, ...] = tuple(sorted(PATTERN_GEOMETRY))
 
@@ -246,8 +256,9 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
     return [(cx + r * (x * ca - y * sa), cy + r * (x * sa + y * ca)) for x, y in pts]
 
 
-def _shape_mask(shape: str, rng: np.random.Generator, size: int) -> np.ndarray:
-    """Rasterise a randomly placed shape into a float mask of ``size`` x ``size``."""
+def _shape_mask(shape: str, rng: np.random.Generator, size: int) -> tuple[np.ndarray, tuple[float, float]]:
+    """Rasterise a randomly placed shape into a float mask of ``size`` x ``size``; also return its centre ``(cx,
+    cy)`` in pixels of the 32x32 image."""
     unit = size / IMAGE_SIZE
     r = rng.uniform(8.0, 12.5)
     cx = rng.uniform(r + 1.0, IMAGE_SIZE - r - 1.0)
@@ -260,16 +271,21 @@ def _shape_mask(shape: str, rng: np.random.Generator, size: int) -> np.ndarray:
         draw.ellipse([cx * unit - rc, cy * unit - rc, cx * unit + rc, cy * unit + rc], fill=255)
     else:
         draw.polygon([(x * unit, y * unit) for x, y in _polygon(shape, cx, cy, r, angle)], fill=255)
-    return np.asarray(canvas, dtype=np.float32) / 255.0
+    return np.asarray(canvas, dtype=np.float32) / 255.0, (cx, cy)
 
 
-def _pattern_mask(pattern: str, rng: np.random.Generator, size: int, version: int) -> np.ndarray:
-    """Return a {0, 1} mask where the pattern's secondary tone is painted."""
+def _pattern_mask(pattern: str, rng: np.random.Generator, size: int, version: int,
+                  centre: tuple[float, float]) -> np.ndarray:
+    """Return a {0, 1} mask where the pattern's secondary tone is painted; ``centre`` is the shape's, in pixels."""
     coords = (np.arange(size, dtype=np.float32) + 0.5) * (IMAGE_SIZE / size)
     yy, xx = np.meshgrid(coords, coords, indexing="ij")
     geometry = PATTERN_GEOMETRY[version]
     p = geometry.dot_period if pattern == "dotted" and geometry.dot_period else geometry.period
     ox, oy = rng.uniform(0.0, p, size=2)  # drawn in every version, so that the rest of the scene is the same
+    if geometry.anchored:  # a dot centred, a stripe edge and a check corner, on the shape's centre
+        ox, oy = -centre[0] % p, -centre[1] % p
+        if pattern == "dotted":
+            ox, oy = (ox + p / 2) % p, (oy + p / 2) % p
     if geometry.grid_locked:  # edges on the grid (offset 0 or 4 pixels); dots centred in a cell
         cell = _LATENT_CELL
         ox, oy = cell * np.floor(ox / cell), cell * np.floor(oy / cell)
@@ -313,8 +329,9 @@ def render_array(shape: str, colour: str, pattern: str, rng: np.random.Generator
     dot_keep = PATTERN_GEOMETRY[version].dot_keep if pattern == "dotted" else None
     shade, tint = (SHADE_KEEP, TINT_KEEP) if dot_keep is None else (dot_keep, dot_keep)
     secondary = primary * shade if lum > 0.33 else tint * primary + (1.0 - tint)
-    mask = _shape_mask(shape, rng, size)[..., None]
-    pmask = _pattern_mask(pattern, rng, size, version)[..., None]
+    mask, centre = _shape_mask(shape, rng, size)
+    mask = mask[..., None]
+    pmask = _pattern_mask(pattern, rng, size, version, centre)[..., None]
     fg = primary * (1.0 - pmask) + secondary * pmask
     hi = bg * (1.0 - mask) + fg * mask
     lo = hi.reshape(IMAGE_SIZE, _SUPERSAMPLE, IMAGE_SIZE, _SUPERSAMPLE, 3).mean(axis=(1, 3))
