@@ -136,11 +136,11 @@ version can be re-run as it was (its ``build_info.json`` records the version):
 * 6: as 2 (dots of radius 2.3), with every stripe horizontal: in versions 1 to 5 a striped scene is horizontal or
   vertical at random, a two-way choice the small UNet blends into a plaid of both, which the judge may call dotted;
   tried (two resume stages from the shipped base), not adopted;
-* 7: as 1, with the pattern's phase anchored to the shape's centre (a dot, a stripe's edge and a check's corner at
-  the centre) instead of drawn at random. The centre is itself uniform over more than a period, so each pattern's
-  phase is as uniform as in version 1 and a version-7 scene is one version 1 could draw (the shipped judge reads
-  it); but once a model has placed the shape, the pattern is determined, where a random phase is a free choice
-  that a denoiser averages to a flat tone until late in sampling.
+* 7: as 1, with the pattern's phase anchored to the shape's centre (a dot, a stripe's edge and a check's corner at the
+  centre) instead of drawn at random. The centre is uniform over 5 to 14 pixels (by the shape's size) against a
+  7-pixel period, so the phases spread nearly as in version 1 and a version-7 scene is one version 1 could draw (the
+  shipped judge reads it); but once a model has placed the shape, the pattern is determined, where a random phase is a
+  free choice that a denoiser averages to a flat tone until late in sampling.
 
 docs/bundled-base-builds.md has what each was measured to do."""
 
