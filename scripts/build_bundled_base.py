@@ -21,6 +21,15 @@ Stages (all seeded):
 Usage::
 
     python scripts/build_bundled_base.py --out esd_lora/bundled/base
+    # the shipped base, stage by stage (113 minutes on 2 CPU cores; build_info.json has each stage's figures)
+    python scripts/build_bundled_base.py --out s1 --seed 0 --lr 6e-4 --budget-minutes 50 --threads 2
+    python scripts/build_bundled_base.py --resume s1 --out s2 --seed 1 --lr 4e-4 --budget-minutes 38 --threads 2
+    python scripts/build_bundled_base.py --resume s2 --out s3 --seed 2 --lr 3e-4 --budget-minutes 25 --threads 2
+    # candidates/base-v7 is s3 plus two stages on world version 7 (docs/bundled-base-builds.md)
+    python scripts/build_bundled_base.py --resume s3 --out s4 --seed 3 --lr 4e-4 --budget-minutes 36 \
+        --oversample dotted=2 star=1.5 --world-version 7 --threads 2
+    python scripts/build_bundled_base.py --resume s4 --out base-v7 --seed 4 --lr 3e-4 --budget-minutes 30 \
+        --oversample dotted=2 red=1.3 striped=1.3 --world-version 7 --threads 2
     # continue the UNet of an earlier build on the current world version, drawing the concepts it draws
     # worst more often
     python scripts/build_bundled_base.py --resume esd_lora/bundled/base --out /tmp/base-next --seed 3 \
@@ -35,7 +44,8 @@ Usage::
         --judge /tmp/judge-v6.safetensors --batch-size 256 --lr 1e-3 --unet-steps 200000 --budget-minutes 9
 
 The bundled model was built in stages (a from-scratch build, then ``--resume`` stages); each stage's settings,
-world version (``--world-version``; the shipped base's stages all rendered version 1, see ``world.WORLD_VERSION``)
+world version (``--world-version``; the shipped base's first three stages rendered version 1, its last two version 7,
+see ``world.WORLD_VERSION``)
 and minutes are in its ``build_info.json`` and model card (``esd_lora/bundled/base/README.md``).
 The UNet runs at ~1.0-1.9 steps/s on 2 cores (batch 64), at 15-18 steps/s of batch 256 on one H200; each
 stage's device and batch size are recorded too. ``--budget-minutes`` squeezes the UNet learning-rate schedule

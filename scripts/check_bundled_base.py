@@ -75,7 +75,8 @@ with all synonyms; 10% are empty, for classifier-free guidance.
 ## Quality
 
 Share of generated images that the bundled judge labels as the prompted concept (DDIM {{ steps }} steps, guidance
-{{ guidance }}, {{ n }} images per concept and phrasing split; `python scripts/check_bundled_base.py --n {{ n }}`).
+{{ guidance }}, {{ n }} images per concept and phrasing split; `python scripts/check_bundled_base.py --n {{ n }} --seed
+{{ seed }}`).
 Held-out phrasings use templates the model never saw, or held-out synonyms.
 
 | concept | train phrasings | held-out phrasings |
@@ -89,7 +90,9 @@ Held-out phrasings use templates the model never saw, or held-out synonyms.
 `esd_lora.json` holds the erasure settings esd-lora uses on this base unless told otherwise: a higher learning
 rate than Stable Diffusion needs, cross-attention keys and values only at half the negative guidance, the other
 concepts' names to preserve (`anchors`, also held on the text side), and the world's scenes (`scenes`), from which an
-erasure takes its contexts (those naming the erased concept).
+erasure takes its contexts (those naming the erased concept).{% if groups %} `by_concept` gives some concepts settings
+of their own on top of those: {% for g in groups %}{{ g.erase }} for {{ g.concepts | join(", ") }}{% if not loop.last %};
+{% endif %}{% endfor %}.{% endif %}
 
 ## Stored rates
 
@@ -100,6 +103,12 @@ again (`esd-lora evaluate --fresh-base` generates them).
 
 Licence: MIT. Trained only on procedurally generated images.
 """
+
+
+def _by_concept(model: Path) -> list[dict]:
+    """The ``by_concept`` groups of the model folder's esd_lora.json (none when it has no such file)."""
+    settings = model / "esd_lora.json"
+    return json.loads(settings.read_text()).get("by_concept", []) if settings.is_file() else []
 
 
 def write_card(model: Path, scores: dict, args: argparse.Namespace) -> None:
@@ -125,7 +134,7 @@ def write_card(model: Path, scores: dict, args: argparse.Namespace) -> None:
                          tags=["esd-lora", "concept-erasure", "synthetic"])
     card = ModelCard.from_template(data, template_str=CARD, parts=parts, size_mb=f"{size:.0f}", scores=scores,
                                    info=json.loads((model / "build_info.json").read_text()), n=args.n,
-                                   steps=args.steps, guidance=args.guidance)
+                                   steps=args.steps, guidance=args.guidance, seed=args.seed, groups=_by_concept(model))
     card.save(model / "README.md")
 
 
