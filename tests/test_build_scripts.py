@@ -52,7 +52,7 @@ def test_model_card_names_each_stage_world_version_and_oversampling(load_script,
     info = {"build_minutes": 93.4, "unet_steps": 8351, "stages": [first, resumed, on_gpu]}
     (model / "build_info.json").write_text(json.dumps(info))
     scores = {"red": {"train": 1.0, "held-out": 0.5}}
-    check.write_card(model, scores, argparse.Namespace(n=32, steps=25, guidance=5.0))
+    check.write_card(model, scores, argparse.Namespace(n=32, steps=25, guidance=5.0, seed=1))
     card = (model / "README.md").read_text()
     stages = [line for line in card.splitlines() if line.startswith("- ") and "UNet" in line]
     assert len(stages) == 3
@@ -63,6 +63,13 @@ def test_model_card_names_each_stage_world_version_and_oversampling(load_script,
     assert "`--resume`" in stages[1] and "world version 2 (judge `judge-v2.safetensors` accuracy" in stages[1]
     assert "`--oversample` {'dotted': 1.5}" in stages[1]
     assert "| red | 100% | 50% |" in card
+    assert "`python scripts/check_bundled_base.py --n 32 --seed\n1`" in card
+    assert "by_concept" not in card  # the shipped esd_lora.json has no such groups
+    settings = json.loads((model / "esd_lora.json").read_text())
+    settings["by_concept"] = [{"concepts": ["star", "pentagram"], "erase": {"eta": 1.0}}]
+    (model / "esd_lora.json").write_text(json.dumps(settings))
+    check.write_card(model, scores, argparse.Namespace(n=32, steps=25, guidance=5.0, seed=1))
+    assert "{'eta': 1.0} for star, pentagram." in (model / "README.md").read_text()
 
 
 @pytest.mark.parametrize("script", ["scripts/build_bundled_base.py", "scripts/check_bundled_base.py"])
