@@ -44,8 +44,7 @@ Usage::
         --judge /tmp/judge-v6.safetensors --batch-size 256 --lr 1e-3 --unet-steps 200000 --budget-minutes 9
 
 The bundled model was built in stages (a from-scratch build, then ``--resume`` stages); each stage's settings,
-world version (``--world-version``; the shipped base's first three stages rendered version 1, its last two version 7,
-see ``world.WORLD_VERSION``)
+world version (``--world-version``; the shipped base's stages all rendered version 1, see ``world.WORLD_VERSION``)
 and minutes are in its ``build_info.json`` and model card (``esd_lora/bundled/base/README.md``).
 The UNet runs at ~1.0-1.9 steps/s on 2 cores (batch 64), at 15-18 steps/s of batch 256 on one H200; each
 stage's device and batch size are recorded too. ``--budget-minutes`` squeezes the UNet learning-rate schedule

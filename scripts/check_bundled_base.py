@@ -35,7 +35,7 @@ from huggingface_hub import ModelCard, ModelCardData  # noqa: E402
 from esd_lora import BUNDLED_BASE, evaluate  # noqa: E402
 from esd_lora.base_rates import store_rates  # noqa: E402
 from esd_lora.bundled.judge import WEIGHTS_PATH, weights_file, weights_from  # noqa: E402
-from esd_lora.families import load_pipeline  # noqa: E402
+from esd_lora.families import load_pipeline, recommended_options  # noqa: E402
 
 CARD = """---
 {{ card_data }}
@@ -105,12 +105,6 @@ Licence: MIT. Trained only on procedurally generated images.
 """
 
 
-def _by_concept(model: Path) -> list[dict]:
-    """The ``by_concept`` groups of the model folder's esd_lora.json (none when it has no such file)."""
-    settings = model / "esd_lora.json"
-    return json.loads(settings.read_text()).get("by_concept", []) if settings.is_file() else []
-
-
 def write_card(model: Path, scores: dict, args: argparse.Namespace) -> None:
     """Write the model card (README.md) of ``model`` with ``scores`` and the facts of its build_info.json."""
     from diffusers import StableDiffusionPipeline
@@ -134,7 +128,8 @@ def write_card(model: Path, scores: dict, args: argparse.Namespace) -> None:
                          tags=["esd-lora", "concept-erasure", "synthetic"])
     card = ModelCard.from_template(data, template_str=CARD, parts=parts, size_mb=f"{size:.0f}", scores=scores,
                                    info=json.loads((model / "build_info.json").read_text()), n=args.n,
-                                   steps=args.steps, guidance=args.guidance, seed=args.seed, groups=_by_concept(model))
+                                   steps=args.steps, guidance=args.guidance, seed=args.seed,
+                                   groups=recommended_options(model)[0].get("by_concept", []))
     card.save(model / "README.md")
 
 
