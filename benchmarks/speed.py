@@ -10,12 +10,12 @@ is confirmed at ``--confirm-n`` images (a pass by chance at small n does not cou
 split of the bar goes on to the confirmation too, which decides: at 8 images 88% cannot be told from 94%,
 and a strict check would stop a run that meets the bar from being confirmed). "Every other concept" is,
 by default (``--others reliable``), every one the base draws at least 90% of the time on both phrasing splits
-(at ``--confirm-n``): the bundled base draws dotted at ~70%, and a concept that unreliable swings by more than
-the bar's 10% between checks; ``--others all`` counts every concept, and each check also reports the worst of
-all. Reported: training seconds (checks excluded) and iterations to erasure (the concept <= 10% on both splits,
-confirmed at ``--confirm-n``) and to the bar, seconds per iteration (setup and bank refreshes included), peak
-memory before the first check, and the size of what must be saved. Time to the bar is the "erasure quality per
-second" figure: a variant that iterates faster but needs more iterations shows it here.
+(at ``--confirm-n``): the bundled base's earlier build drew dotted at ~70% (today's at ~91%), and a concept that
+unreliable swings by more than the bar's 10% between checks; ``--others all`` counts every concept, and each check
+also reports the worst of all. Reported: training seconds (checks excluded) and iterations to erasure (the concept
+<= 10% on both splits, confirmed at ``--confirm-n``) and to the bar, seconds per iteration (setup and bank refreshes
+included), peak memory before the first check, and the size of what must be saved. Time to the bar is the "erasure
+quality per second" figure: a variant that iterates faster but needs more iterations shows it here.
 
 Variants ("reference" is benchmarks/reference_esd.py, the paper's loop; the others are esd_lora.erase with the
 bundled base's recommended settings plus one switch):

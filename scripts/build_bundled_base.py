@@ -20,19 +20,19 @@ Stages (all seeded):
 
 Usage::
 
-    python scripts/build_bundled_base.py --out esd_lora/bundled/base
-    # the shipped base, stage by stage (113 minutes on 2 CPU cores; build_info.json has each stage's figures)
+    python scripts/build_bundled_base.py --out esd_lora/bundled/base --overwrite   # one stage, from scratch
+    # the shipped base, stage by stage (179 minutes on 2 CPU cores; build_info.json has each stage's figures):
+    # three stages on world version 1 (the base shipped until 2026-12-08), then two on version 7
     python scripts/build_bundled_base.py --out s1 --seed 0 --lr 6e-4 --budget-minutes 50 --threads 2
     python scripts/build_bundled_base.py --resume s1 --out s2 --seed 1 --lr 4e-4 --budget-minutes 38 --threads 2
     python scripts/build_bundled_base.py --resume s2 --out s3 --seed 2 --lr 3e-4 --budget-minutes 25 --threads 2
-    # candidates/base-v7 is s3 plus two stages on world version 7 (docs/bundled-base-builds.md)
-    python scripts/build_bundled_base.py --resume s3 --out s4 --seed 3 --lr 4e-4 --budget-minutes 36 \
+    python scripts/build_bundled_base.py --resume s3 --out s4 --seed 3 --lr 4e-4 --budget-minutes 36 \\
         --oversample dotted=2 star=1.5 --world-version 7 --threads 2
-    python scripts/build_bundled_base.py --resume s4 --out base-v7 --seed 4 --lr 3e-4 --budget-minutes 30 \
+    python scripts/build_bundled_base.py --resume s4 --out s5 --seed 4 --lr 3e-4 --budget-minutes 30 \\
         --oversample dotted=2 red=1.3 striped=1.3 --world-version 7 --threads 2
     # continue the UNet of an earlier build on the current world version, drawing the concepts it draws
     # worst more often
-    python scripts/build_bundled_base.py --resume esd_lora/bundled/base --out /tmp/base-next --seed 3 \
+    python scripts/build_bundled_base.py --resume esd_lora/bundled/base --out /tmp/base-next --seed 3 \\
         --lr 4e-4 --budget-minutes 40 --oversample dotted=1.5 star=1.5
     # from scratch on world version 3, the VAE's reconstructions judged by a judge of that version
     python -m esd_lora.bundled.judge --world-version 3 --out /tmp/judge-v3.safetensors
@@ -44,8 +44,9 @@ Usage::
         --judge /tmp/judge-v6.safetensors --batch-size 256 --lr 1e-3 --unet-steps 200000 --budget-minutes 9
 
 The bundled model was built in stages (a from-scratch build, then ``--resume`` stages); each stage's settings,
-world version (``--world-version``; the shipped base's stages all rendered version 1, see ``world.WORLD_VERSION``)
-and minutes are in its ``build_info.json`` and model card (``esd_lora/bundled/base/README.md``).
+world version (``--world-version``; the shipped base's first three stages rendered version 1, its last two version 7,
+see ``world.WORLD_VERSION``) and minutes are in its ``build_info.json`` and model card
+(``esd_lora/bundled/base/README.md``).
 The UNet runs at ~1.0-1.9 steps/s on 2 cores (batch 64), at 15-18 steps/s of batch 256 on one H200; each
 stage's device and batch size are recorded too. ``--budget-minutes`` squeezes the UNet learning-rate schedule
 into the remaining wall-clock budget and stops it there, so a slower machine still finishes (with a weaker
@@ -79,6 +80,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E
 
 from esd_lora.bundled import world  # noqa: E402
 from esd_lora.bundled.judge import WEIGHTS_PATH, judge, weights_file, weights_from  # noqa: E402
+from esd_lora.errors import OutputExistsError  # noqa: E402
+from esd_lora.outputs import check_folder, write_folder  # noqa: E402
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MAX_LENGTH = 77
@@ -513,6 +516,21 @@ def save_pipeline(out: Path, vae: AutoencoderKL, unet: UNet2DConditionModel, tex
     pipe.save_pretrained(str(out), safe_serialization=True)
 
 
+def write_build(out: Path, models: tuple, tokenizer_files: Path, info: dict, *, overwrite: bool = False) -> Path:
+    """Save a build to the folder ``out`` as a whole: the pipeline (``models``: vae, unet, text encoder,
+    tokenizer), the tokenizer's vocab.json and merges.txt from ``tokenizer_files`` and build_info.json, written
+    into a temporary folder beside ``out`` that replaces it only once complete (an existing ``out`` is refused
+    unless ``overwrite``). ``out`` may be the build being resumed: it is read before it is replaced."""
+
+    def write(folder: Path) -> None:
+        save_pipeline(folder, *models)
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copy(tokenizer_files / name, folder / "tokenizer" / name)
+        (folder / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    return write_folder(out, write, overwrite=overwrite)
+
+
 @torch.no_grad()
 def vae_reconstruction_accuracy(vae: AutoencoderKL, n: int, seed: int, version: int) -> dict[str, float]:
     """Judge accuracy per dimension on VAE reconstructions of fresh renders of world ``version``."""
@@ -532,7 +550,9 @@ def describe_device(device: str) -> str:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "esd_lora" / "bundled" / "base", help="output pipeline folder")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "esd_lora" / "bundled" / "base",
+                   help="output pipeline folder (default: the shipped base's, which exists: pass --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (once the build is done)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-images", type=int, default=30_000, help="size of the rendered training set")
     p.add_argument("--vae-steps", type=int, default=2_000)
@@ -567,6 +587,10 @@ def parse_args() -> argparse.Namespace:
                    help="draw training images of these concepts more often, e.g. --oversample dotted=2 star=1.5")
     args = p.parse_args()
     args.oversample = parse_oversample(args.oversample)
+    try:  # refused now, not when the build is saved hours later
+        check_folder(args.out, overwrite=args.overwrite)
+    except OutputExistsError as err:
+        p.error(str(err))
     if args.resume is not None and args.latent_size is not None:
         p.error("--latent-size is for a build from scratch: --resume keeps the latent grid of the build it continues")
     if args.resume is None:  # resumed, the grid is the earlier build's (its UNet is continued, no new one made)
@@ -636,17 +660,14 @@ def main() -> None:
     latents = (mean * scaling, std * scaling)
     unet = train_unet(latents, attrs, CaptionTokens(tokenizer), text_encoder, args, gen, rng, governor, budget_s, start_unet)
 
-    save_pipeline(args.out, vae, unet, text_encoder, tokenizer)
-    for name in ("vocab.json", "merges.txt"):
-        shutil.copy(tokenizer_files / name, args.out / "tokenizer" / name)
-    if not args.resume:
-        shutil.rmtree(tokenizer_files)
     minutes = (time.time() - t0) / 60
     stage.update(minutes=round(minutes, 1), unet_steps=args.unet_steps_done, unet_steps_planned=args.unet_steps)
     stages = previous["stages"] + [stage]
     info = {"build_minutes": round(sum(s["minutes"] for s in stages), 1),
             "unet_steps": sum(s["unet_steps"] for s in stages), "stages": stages}
-    (args.out / "build_info.json").write_text(json.dumps(info, indent=2))
+    write_build(args.out, (vae, unet, text_encoder, tokenizer), tokenizer_files, info, overwrite=args.overwrite)
+    if not args.resume:
+        shutil.rmtree(tokenizer_files)
     print(f"saved pipeline to {args.out}; this stage took {minutes:.1f} min", flush=True)
 
 

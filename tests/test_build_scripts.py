@@ -51,6 +51,9 @@ def test_model_card_names_each_stage_world_version_and_oversampling(load_script,
               "device": "cuda (NVIDIA H200)", "threads": 3, "minutes": 3.4, "unet_steps": 2821}
     info = {"build_minutes": 93.4, "unet_steps": 8351, "stages": [first, resumed, on_gpu]}
     (model / "build_info.json").write_text(json.dumps(info))
+    settings = json.loads((model / "esd_lora.json").read_text())
+    settings.pop("by_concept", None)
+    (model / "esd_lora.json").write_text(json.dumps(settings))
     scores = {"red": {"train": 1.0, "held-out": 0.5}}
     check.write_card(model, scores, argparse.Namespace(n=32, steps=25, guidance=5.0, seed=1))
     card = (model / "README.md").read_text()
@@ -64,8 +67,7 @@ def test_model_card_names_each_stage_world_version_and_oversampling(load_script,
     assert "`--oversample` {'dotted': 1.5}" in stages[1]
     assert "| red | 100% | 50% |" in card
     assert "`python scripts/check_bundled_base.py --n 32 --seed\n1`" in card
-    assert "by_concept" not in card  # the shipped esd_lora.json has no such groups
-    settings = json.loads((model / "esd_lora.json").read_text())
+    assert "by_concept" not in card  # an esd_lora.json without such groups
     settings["by_concept"] = [{"concepts": ["star", "pentagram"], "erase": {"eta": 1.0}}]
     (model / "esd_lora.json").write_text(json.dumps(settings))
     check.write_card(model, scores, argparse.Namespace(n=32, steps=25, guidance=5.0, seed=1))
@@ -140,6 +142,60 @@ def test_latent_size_with_resume_is_a_one_line_error(build, monkeypatch, capsys)
         build.parse_args()
     assert exit_info.value.code == 2
     assert "--latent-size is for a build from scratch" in capsys.readouterr().err
+
+
+def test_an_existing_out_folder_is_refused_before_the_build_starts(build, monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr("sys.argv", ["build", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:
+        build.parse_args()
+    assert exit_info.value.code == 2
+    assert f"{tmp_path} already exists: choose another --out or pass --overwrite" in capsys.readouterr().err
+    monkeypatch.setattr("sys.argv", ["build", "--out", str(tmp_path), "--overwrite"])
+    assert build.parse_args().overwrite
+
+
+def _tiny_build(build):
+    from transformers import CLIPTokenizer
+
+    import esd_lora
+
+    tokenizer = CLIPTokenizer.from_pretrained(esd_lora.BUNDLED_BASE, subfolder="tokenizer")
+    torch.manual_seed(0)
+    return build.make_vae(8), build.make_unet(128), build.make_text_encoder(tokenizer), tokenizer
+
+
+def test_a_build_replaces_its_out_folder_only_once_it_is_complete(build, monkeypatch, tmp_path):
+    import json
+    from pathlib import Path
+
+    from diffusers import StableDiffusionPipeline
+
+    import esd_lora
+
+    tokenizer_files = Path(esd_lora.BUNDLED_BASE) / "tokenizer"
+    out = tmp_path / "base"
+    out.mkdir()
+    (out / "old.txt").write_text("the earlier build")
+    models = _tiny_build(build)
+    real_save = build.save_pipeline
+
+    def save_then_fail(folder, *args):
+        real_save(folder, *args)
+        raise KeyboardInterrupt  # interrupted after the weights, before build_info.json
+
+    monkeypatch.setattr(build, "save_pipeline", save_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        build.write_build(out, models, tokenizer_files, {"stages": []}, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]  # no temporary folder left
+    assert [p.name for p in out.iterdir()] == ["old.txt"]  # the earlier build untouched
+    monkeypatch.setattr(build, "save_pipeline", real_save)
+    build.write_build(out, models, tokenizer_files, {"stages": [{"seed": 7}]}, overwrite=True)
+    assert not (out / "old.txt").exists() and json.loads((out / "build_info.json").read_text())["stages"][0]["seed"] == 7
+    assert (out / "tokenizer" / "merges.txt").read_bytes() == (tokenizer_files / "merges.txt").read_bytes()
+    StableDiffusionPipeline.from_pretrained(out, safety_checker=None, feature_extractor=None,
+                                            requires_safety_checker=False)
+    with pytest.raises(esd_lora.errors.OutputExistsError, match="pass --overwrite"):
+        build.write_build(out, models, tokenizer_files, {"stages": []})
 
 
 @pytest.mark.parametrize("budget_s", [0.0, -30.0])

@@ -120,9 +120,9 @@ _LATENT_CELL = 4.0
 """Pixels per latent pixel along each axis: the bundled autoencoder maps 32x32 images to 8x8 latents."""
 
 WORLD_VERSION = 1
-"""The world the bundled base and the judge were trained on. Versions differ only in how patterns are drawn
-(:data:`PATTERN_GEOMETRY`); every version draws the same scene from the same random numbers, so a build stage of any
-version can be re-run as it was (its ``build_info.json`` records the version):
+"""The world the judge was trained on (and the bundled base, with version 7; see below). Versions differ only in how
+patterns are drawn (:data:`PATTERN_GEOMETRY`); every version draws the same scene from the same random numbers, so a
+build stage of any version can be re-run as it was (its ``build_info.json`` records the version):
 
 * 1: a 7-pixel period at a random phase, dots of radius 1.8 pixels (a fifth of the shape);
 * 2: as 1 with dots of radius 2.3 (a third of the shape); tried for a rebuild, not adopted;
@@ -140,8 +140,10 @@ version can be re-run as it was (its ``build_info.json`` records the version):
   centre) instead of drawn at random. The centre is uniform over 5 to 14 pixels (by the shape's size) against a
   7-pixel period, so the phases spread nearly as in version 1 and a version-7 scene is one version 1 could draw (the
   shipped judge reads it); but once a model has placed the shape, the pattern is determined, where a random phase is a
-  free choice that a denoiser averages to a flat tone until late in sampling.
+  free choice that a denoiser averages to a flat tone until late in sampling. Adopted on 2026-12-08: the shipped
+  base's last two build stages rendered it (its first three rendered version 1).
 
+The default stays 1, the version the shipped judge was trained on and every version-7 scene is also drawn from.
 docs/bundled-base-builds.md has what each was measured to do."""
 
 
