@@ -19,7 +19,7 @@ every other concept >= 90% of its base rate, in at most 3 minutes on 2 CPU cores
 ``default`` is what ``esd-lora erase`` does on the bundled base (the options its ``esd_lora.json`` recommends: since
 2026-11-30 keys and values only, the other concepts' names held on the text side at weight 10, the concept also
 erased inside every scene of the world that names it, at half the negative guidance; the same erasure as
-``kv-anchor10-contexts-eta0.5``). The other settings are measured on top of ``previous-default``, the recommendation
+``kv-anchor10-contexts-eta0.5``, and for a shape, since 2026-12-08, at eta 1 and for 600 steps). The other settings are measured on top of ``previous-default``, the recommendation
 before that (ESD-x, eta 1, the other concepts' names preserved at the erased concept's x_t, no contexts), as their
 tables in docs/erasure-settings.md were: ``plain`` (no preservation term), ``preserve`` (every other concept's name
 preserved), ``preserve16`` (preservation weight 16), ``preserve-own`` (the preserved prompts held at x_t of their

@@ -587,10 +587,6 @@ def parse_args() -> argparse.Namespace:
                    help="draw training images of these concepts more often, e.g. --oversample dotted=2 star=1.5")
     args = p.parse_args()
     args.oversample = parse_oversample(args.oversample)
-    try:  # refused now, not when the build is saved hours later
-        check_folder(args.out, overwrite=args.overwrite)
-    except OutputExistsError as err:
-        p.error(str(err))
     if args.resume is not None and args.latent_size is not None:
         p.error("--latent-size is for a build from scratch: --resume keeps the latent grid of the build it continues")
     if args.resume is None:  # resumed, the grid is the earlier build's (its UNet is continued, no new one made)
@@ -599,6 +595,10 @@ def parse_args() -> argparse.Namespace:
     if args.judge is None and (geometry.images_of or args.world_version) != world.WORLD_VERSION:
         print(f"note: the bundled judge was trained on world version {world.WORLD_VERSION}; --judge FILE measures "
               f"the VAE's reconstructions of version {args.world_version} with a judge of that version", flush=True)
+    try:  # refused now, not when the build is saved hours later
+        check_folder(args.out, overwrite=args.overwrite)
+    except OutputExistsError as err:
+        p.error(str(err))
     return args
 
 

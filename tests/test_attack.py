@@ -1,6 +1,6 @@
 """Recovery attacks (`esd-lora attack`) and adversarial erasure (`esd-lora erase --adversarial`).
 
-On the bundled base, one deliberately weak erasure of red (ESD-x, 80 steps: red falls from ~100% to ~40%, not to 0) is
+On the bundled base, one deliberately weak erasure of red (ESD-x, 60 steps: red falls from 100% to 12%, not to 0) is
 attacked once, with a small budget; every attack but paraphrase must bring red back above the no-attack rate.
 Paraphrases cannot on this base: its text encoder writes the same code for every synonym and template (by
 construction), so the erasure of "red" is one of "ruby" too; the test checks the attack's plumbing instead.
@@ -40,10 +40,12 @@ def bundled():
 @pytest.fixture(scope="module")
 def weak_red(bundled, tmp_path_factory):
     """A deliberately weak erasure of red: ESD-x at eta 1 without contexts (the bundled base's previous default),
-    a fifth of the default training steps. (The current default, held in place on the text side and erasing at
-    half the guidance, still draws red in every image after 80 steps: nothing for an attack to bring back.)"""
+    60 steps: red at 12% of the no-attack images, the hard-prompt attack 25%, the others 50-75% (at 40 steps, before
+    the first bank refresh at 50, red is not erased at all; at 70 the hard prompt brings nothing back). (The current
+    default, held in place on the text side and erasing at half the guidance, still draws red in every image after
+    80 steps: nothing for an attack to bring back.)"""
     out = tmp_path_factory.mktemp("weak") / "weak-red.safetensors"
-    esd_lora.erase(bundled, "red", iterations=80, progress=False, out=out, method="esd-x", eta=1.0, contexts=[],
+    esd_lora.erase(bundled, "red", iterations=60, progress=False, out=out, method="esd-x", eta=1.0, contexts=[],
                    preserve_text_weight=0.0)
     return out
 

@@ -75,7 +75,8 @@ def test_the_contexts_settings_put_the_concept_in_every_scene_and_keep_the_scene
 
 def test_the_default_is_the_bundled_bases_recommendation_and_the_others_are_on_top_of_the_previous_one(
         monkeypatch, quality):
-    """"default" passes no options (the base's esd_lora.json decides: the kv-anchor10-contexts-eta0.5 erasure);
+    """"default" passes no options (the base's esd_lora.json decides: the kv-anchor10-contexts-eta0.5 erasure, and
+    for a shape its by_concept entry on top);
     the other settings keep the meaning they had when their tables (docs/erasure-settings.md) were measured."""
     given = canned_run(monkeypatch, quality, {"red": 0.0, "blue": 1.0, "star": 0.8, "dotted": 0.8})
     quality.run(None, "red", "default", 32, seed=1)
@@ -84,7 +85,9 @@ def test_the_default_is_the_bundled_bases_recommendation_and_the_others_are_on_t
 
     for concept in ("red", "star", "dotted"):
         kv = make_config("bundled", concept, **quality.options_for("kv-anchor10-contexts-eta0.5", concept))
-        assert kv == make_config("bundled", concept)
+        shape = {"eta": 1.0, "iterations": 600} if concept == "star" else {}  # the shapes' by_concept entry
+        options = {**quality.options_for("kv-anchor10-contexts-eta0.5", concept), **shape}
+        assert make_config("bundled", concept) == make_config("bundled", concept, **options)
         previous = make_config("bundled", concept, **quality.options_for("previous-default", concept))
         assert (previous.method, previous.eta, previous.contexts, previous.preserve_text_weight) == \
             ("esd-x", 1.0, [], 0.0)
