@@ -17,21 +17,21 @@ mean over seeds per concept and setting, since one seed cannot rank settings. Th
 every other concept >= 90% of its base rate, in at most 3 minutes on 2 CPU cores.
 
 ``default`` is what ``esd-lora erase`` does on the bundled base (the options its ``esd_lora.json`` recommends: since
-2026-11-30 keys and values only, the other concepts' names held on the text side at weight 10, the concept also
-erased inside every scene of the world that names it, at half the negative guidance; the same erasure as
-``kv-anchor10-contexts-eta0.5``, and for a shape, since 2026-12-08, at eta 1 and for 600 steps). The other settings are measured on top of ``previous-default``, the recommendation
-before that (ESD-x, eta 1, the other concepts' names preserved at the erased concept's x_t, no contexts), as their
-tables in docs/erasure-settings.md were: ``plain`` (no preservation term), ``preserve`` (every other concept's name
-preserved), ``preserve16`` (preservation weight 16), ``preserve-own`` (the preserved prompts held at x_t of their
-own trajectories, sampled by the frozen base), ``frozen-sampler``, ``cosine`` (learning-rate decay), ``contexts``
-(the concept also erased inside every scene of the world, toward the scene without it: erasing red, "striped red
-circle" toward "striped circle") and ``contexts+scenes`` (that, with every scene without the concept preserved
-instead of the other concepts' names), ``contexts-eta0.5`` (``contexts`` with half the negative guidance: at eta 1,
-"striped red circle" turned into a plain blue circle, losing its stripes with its colour), ``kv-anchor3`` /
-``kv-anchor10`` (keys and values only, ``esd-x-strict``, with the text-side preservation term at weight 3 / 10: the
-preserved prompts' and the empty prompt's cross-attention keys and values held in place),
-``kv-anchor10-contexts-eta0.5`` (``kv-anchor10`` with the contexts and eta of ``contexts-eta0.5``).
-"""
+2026-11-30 keys and values only, the other concepts' names held on the text side at weight 10, the concept also erased
+inside every scene of the world that names it, at half the negative guidance; the same erasure as
+``kv-anchor10-contexts-eta0.5``, and for a shape, since 2026-12-08, at eta 1 and for 600 steps). The other settings are
+measured on top of ``previous-default``, the recommendation before that (ESD-x, eta 1, the other concepts' names
+preserved at the erased concept's x_t, no contexts), as their tables in docs/erasure-settings.md were: ``plain`` (no
+preservation term), ``preserve`` (every other concept's name preserved), ``preserve16`` (preservation weight 16),
+``preserve-own`` (the preserved prompts held at x_t of their own trajectories, sampled by the frozen base),
+``frozen-sampler``, ``cosine`` (learning-rate decay), ``contexts`` (the concept also erased inside every scene of the
+world, toward the scene without it: erasing red, "striped red circle" toward "striped circle") and ``contexts+scenes``
+(that, with every scene without the concept preserved instead of the other concepts' names), ``contexts-eta0.5``
+(``contexts`` with half the negative guidance: at eta 1, "striped red circle" turned into a plain blue circle, losing
+its stripes with its colour), ``kv-anchor3`` / ``kv-anchor10`` (keys and values only, ``esd-x-strict``, with the
+text-side preservation term at weight 3 / 10: the preserved prompts' and the empty prompt's cross-attention keys and
+values held in place), ``kv-anchor10-contexts-eta0.5`` (``kv-anchor10`` with the contexts and eta of
+``contexts-eta0.5``). """
 
 from __future__ import annotations
 

@@ -665,9 +665,11 @@ def main() -> None:
     stages = previous["stages"] + [stage]
     info = {"build_minutes": round(sum(s["minutes"] for s in stages), 1),
             "unet_steps": sum(s["unet_steps"] for s in stages), "stages": stages}
-    write_build(args.out, (vae, unet, text_encoder, tokenizer), tokenizer_files, info, overwrite=args.overwrite)
-    if not args.resume:
-        shutil.rmtree(tokenizer_files)
+    try:
+        write_build(args.out, (vae, unet, text_encoder, tokenizer), tokenizer_files, info, overwrite=args.overwrite)
+    finally:  # the temporary tokenizer folder goes even when the build cannot be saved
+        if not args.resume:
+            shutil.rmtree(tokenizer_files, ignore_errors=True)
     print(f"saved pipeline to {args.out}; this stage took {minutes:.1f} min", flush=True)
 
 

@@ -190,7 +190,8 @@ def test_a_build_replaces_its_out_folder_only_once_it_is_complete(build, monkeyp
     assert [p.name for p in out.iterdir()] == ["old.txt"]  # the earlier build untouched
     monkeypatch.setattr(build, "save_pipeline", real_save)
     build.write_build(out, models, tokenizer_files, {"stages": [{"seed": 7}]}, overwrite=True)
-    assert not (out / "old.txt").exists() and json.loads((out / "build_info.json").read_text())["stages"][0]["seed"] == 7
+    assert not (out / "old.txt").exists()
+    assert json.loads((out / "build_info.json").read_text())["stages"][0]["seed"] == 7
     assert (out / "tokenizer" / "merges.txt").read_bytes() == (tokenizer_files / "merges.txt").read_bytes()
     StableDiffusionPipeline.from_pretrained(out, safety_checker=None, feature_extractor=None,
                                             requires_safety_checker=False)
