@@ -154,6 +154,9 @@ def adapter_card(adapter, *, repo_id: str, sha256: str, license: str, report: di
     settings = [("concepts", ", ".join(config.concepts)), ("method", config.method),
                 ("erase from", config.erase_from or "- (unconditional)"),
                 ("contexts", ", ".join(config.contexts) or "-"),
+                *([("contexts of one concept", "; ".join(f"{concept}: {', '.join(contexts)}" for concept, contexts
+                                                          in config.concept_contexts.items()))]
+                  if config.concept_contexts else []),
                 ("preserved", ", ".join(config.preserve) or "-"),
                 ("preservation", f"weight {config.preserve_weight:g}, at x_t of "
                  + ("the preserved prompts' own trajectories" if config.preserve_at == "own" else "the erased concept")

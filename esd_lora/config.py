@@ -59,6 +59,10 @@ class EraseConfig:
     contexts: list[str] = field(default_factory=list, metadata={"help": (
         "context prompts with {} where the concept goes (e.g. 'a {} on a table'): the concept is also erased "
         "inside each, toward the frozen prediction of the context without it, so the words around it are kept")})
+    concept_contexts: dict[str, list[str]] = field(default_factory=dict, metadata={"help": (
+        "contexts for one of the erased concepts only, {concept: [context, ...]}, on top of contexts: what a "
+        "base's scenes give an erasure of concepts whose scenes differ (red and star: 'striped {} star' for red, "
+        "'striped red {}' for star)")})
     preserve: list[str] = field(default_factory=list, metadata={"help": (
         "anchor prompts whose frozen predictions the adapter must keep (e.g. neighbouring concepts); one is "
         "drawn per step")})
@@ -125,6 +129,17 @@ class EraseConfig:
         if isinstance(self.contexts, str):
             self.contexts = [self.contexts]
         self.contexts = [_clean_context(c) for c in self.contexts]
+        if not isinstance(self.concept_contexts, dict):
+            raise ConfigError(f"concept_contexts must map erased concepts to lists of contexts, e.g. "
+                              f"{{'red': ['striped {{}} star']}}, got {self.concept_contexts!r}")
+        cleaned = {}
+        for concept, contexts in self.concept_contexts.items():
+            name = _clean_concept(concept)
+            if name not in self.concepts:
+                raise ConfigError(f"concept_contexts names {name!r}, which is not erased (the erased concepts: "
+                                  f"{', '.join(self.concepts)}): give contexts for erased concepts only")
+            cleaned[name] = [_clean_context(c) for c in ([contexts] if isinstance(contexts, str) else contexts)]
+        self.concept_contexts = cleaned
         if self.sample_with not in SAMPLERS:
             raise ConfigError(f"sample_with must be one of {', '.join(SAMPLERS)}, got {self.sample_with!r}")
         for name in ("gradient_checkpointing", "compile"):
@@ -159,16 +174,19 @@ class EraseConfig:
                               "train: use --method esd-x-strict, esd-x or esd-all, or drop the weight")
         if self.preserve_at == "own" and not self.preserve:
             raise ConfigError("preserve_at='own' needs preserve prompts to keep: add some (--preserve TEXT)")
-        if self.contexts and self.adversarial_every:
+        if (self.contexts or self.concept_contexts) and self.adversarial_every:
             raise ConfigError("contexts and adversarial erasure cannot be combined yet: drop one of them")
 
     def targets(self) -> list[tuple[str, str | None]]:
         """Every prompt the adapter erases, with the prompt whose frozen prediction it is erased toward (None:
         the unconditional one): each concept toward ``erase_from``, then each concept inside each context
-        toward the context without it ('a {} on a table' erases 'a red on a table' toward 'a on a table')."""
+        toward the context without it ('a {} on a table' erases 'a red on a table' toward 'a on a table'), then each
+        concept inside its own ``concept_contexts``."""
         pairs = [(c, self.erase_from) for c in self.concepts]
         for context in self.contexts:
             pairs += [(_fill(context, c), _fill(context, "")) for c in self.concepts]
+        for c in self.concepts:
+            pairs += [(_fill(context, c), _fill(context, "")) for context in self.concept_contexts.get(c, [])]
         return pairs
 
     def to_dict(self) -> dict[str, Any]:

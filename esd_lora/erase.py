@@ -387,7 +387,8 @@ def recommended_start(base, concepts, options: dict) -> tuple[dict, Path | None,
     """What the base's recommendations give an erasure of ``concepts`` before ``options`` apply, the file they come
     from, and the names of the ``by_concept`` group whose settings were added (None when none applies): its
     options, with those of the group that names every erased concept on top, ``anchors`` made the preserved prompts
-    and ``scenes`` the contexts (unless ``options`` or the group set those), less any recommendation an explicit
+    and ``scenes`` the contexts (shared, or each concept's own: :func:`recommended_contexts`; unless ``options`` or
+    the group set contexts), less any recommendation an explicit
     option makes invalid (the file suits the base's defaults)."""
     start, path = recommended_options(base)
     anchors, scenes = start.pop("anchors", []), start.pop("scenes", [])
@@ -399,13 +400,14 @@ def recommended_start(base, concepts, options: dict) -> tuple[dict, Path | None,
         raise ConfigError(f"{path} recommends unknown option(s) {', '.join(sorted(unknown))}: fix the file")
     if anchors and "preserve" not in options and "preserve" not in start:
         start["preserve"] = default_anchors(anchors, erased)
-    if scenes and "contexts" not in options and "contexts" not in start:
-        start["contexts"] = scene_contexts(scenes, erased)
+    if scenes and not {"contexts", "concept_contexts"} & (set(options) | set(start)):
+        start.update(recommended_contexts(scenes, erased))
     chosen = {**start, **options}
     if chosen.get("method") == "esd-u" and "preserve_text_weight" not in options:
         start.pop("preserve_text_weight", None)  # it holds cross-attention, which esd-u does not train
-    if chosen.get("adversarial_every") and "contexts" not in options:
+    if chosen.get("adversarial_every") and not {"contexts", "concept_contexts"} & set(options):
         start.pop("contexts", None)  # not combined with adversarial erasure yet
+        start.pop("concept_contexts", None)
     return start, path, group["concepts"] if group else None
 
 
@@ -424,19 +426,35 @@ def default_anchors(anchors: list[str], concepts: list[str]) -> list[str]:
     return [a for a in anchors if not erased & set(a.lower().split())]
 
 
-def scene_contexts(scenes: list[str], concepts: list[str]) -> list[str]:
-    """The contexts a base's scenes give an erasure: each scene that names the concept (as whole words, any case),
-    with the concept replaced by the slot ("striped red circle" -> "striped {} circle" when red is erased).
-
-    Contexts are shared by the concepts of an erasure, so several concepts get them only when their scenes give
-    the same contexts (red and blue do; red and star, whose slots are a colour and a shape, get none)."""
-    found = []
-    for concept in concepts:
+def scene_contexts(scenes: list[str], concepts: list[str]) -> dict[str, list[str]]:
+    """The contexts a base's scenes give each erased concept: each scene that names the concept (as whole words,
+    any case) and no other erased concept, with the concept replaced by the slot ("striped red circle" -> "striped
+    {} circle" when red is erased). A scene naming two erased concepts is left out: erasing red toward "striped
+    star" would teach star back while star is erased. Concepts named by no scene are left out."""
+    def pattern(concept) -> re.Pattern | None:
         words = " ".join(str(concept).split())
-        pattern = re.compile(rf"(?<!\w){re.escape(words)}(?!\w)", re.IGNORECASE) if words else None
-        found.append(list(dict.fromkeys(pattern.sub("{}", scene, count=1) for scene in scenes
-                                        if pattern and pattern.search(scene))))
-    return found[0] if found and all(f == found[0] for f in found) else []
+        return re.compile(rf"(?<!\w){re.escape(words)}(?!\w)", re.IGNORECASE) if words else None
+
+    patterns = {concept: pattern(concept) for concept in concepts}
+    found = {}
+    for concept, own in patterns.items():
+        others = [p for c, p in patterns.items() if c != concept and p]
+        contexts = list(dict.fromkeys(own.sub("{}", scene, count=1) for scene in scenes
+                                      if own and own.search(scene) and not any(p.search(scene) for p in others)))
+        if contexts:
+            found[concept] = contexts
+    return found
+
+
+def recommended_contexts(scenes: list[str], concepts: list[str]) -> dict:
+    """The option a base's scenes give an erasure of ``concepts``: ``contexts`` when every concept gets the same
+    ones (one concept; red and blue), else ``concept_contexts``, each concept inside its own scenes (red and star,
+    whose slots are a colour and a shape)."""
+    found = scene_contexts(scenes, concepts)
+    per_concept = [found.get(c, []) for c in concepts]
+    if all(contexts == per_concept[0] for contexts in per_concept):
+        return {"contexts": per_concept[0]}
+    return {"concept_contexts": found}
 
 
 def _pipeline_id(pipe) -> str:

@@ -41,6 +41,11 @@ def test_defaults_and_normalisation():
     ({"concepts": ["x"], "gradient_checkpointing": "yes"}, ConfigError, "gradient_checkpointing must be true or"),
     ({"concepts": ["x"], "compile": 1}, ConfigError, "compile must be true or false"),
     ({"concepts": ["x"], "contexts": ["a car"]}, ConfigError, "must hold {} once, where the concept goes"),
+    ({"concepts": ["x"], "concept_contexts": ["a {} car"]}, ConfigError, "must map erased concepts to lists"),
+    ({"concepts": ["x"], "concept_contexts": {"y": ["a {} car"]}}, ConfigError, "names 'y', which is not erased"),
+    ({"concepts": ["x"], "concept_contexts": {"x": ["a car"]}}, ConfigError, "must hold {} once"),
+    ({"concepts": ["x"], "concept_contexts": {"x": ["a {} car"]}, "adversarial_every": 2}, ConfigError,
+     "contexts and adversarial erasure cannot be combined"),
     ({"concepts": ["x"], "contexts": ["{} and {}"]}, ConfigError, "must hold {} once"),
     ({"concepts": ["x"], "contexts": [" {} "]}, ConfigError, "no words around the concept"),
     ({"concepts": ["x"], "contexts": [" "]}, EmptyConceptError, "empty context"),
@@ -58,6 +63,17 @@ def test_contexts_add_each_concept_inside_each_context_erased_toward_the_context
                              ("a blue star", "a star"), ("red, striped", ", striped"),
                              ("blue, striped", ", striped")]
     assert EraseConfig(concepts="red").targets() == [("red", None)]
+
+
+def test_concept_contexts_put_only_their_own_concept_in_the_slot():
+    cfg = EraseConfig(concepts=["red", " star "], contexts=["a {}"],
+                      concept_contexts={"red": ["striped {}  star"], "star": "solid red {}"})
+    assert cfg.concept_contexts == {"red": ["striped {} star"], "star": ["solid red {}"]}
+    assert cfg.targets() == [("red", None), ("star", None), ("a red", "a"), ("a star", "a"),
+                             ("striped red star", "striped star"), ("solid red star", "solid red")]
+    assert EraseConfig.from_dict(cfg.to_dict()) == cfg
+    older = {k: v for k, v in cfg.to_dict().items() if k != "concept_contexts"}  # metadata of an earlier version
+    assert EraseConfig.from_dict(older).concept_contexts == {}
 
 
 def test_round_trip_and_unknown_keys_warn():

@@ -396,15 +396,22 @@ def test_base_recommended_settings_apply_under_explicit_options(recommending_bas
 
 
 def test_scene_contexts_put_the_slot_where_the_concept_was(tmp_path, recommending_base):
-    from esd_lora.erase import make_config, scene_contexts
+    from esd_lora.erase import make_config, recommended_contexts, scene_contexts
 
     scenes = ["striped red circle", "solid red star", "striped blue circle", "solid blue star", "a Red Hat",
               "ordered shapes", "striped red circle"]
-    assert scene_contexts(scenes, ["red"]) == ["striped {} circle", "solid {} star", "a {} Hat"]  # whole words, once
-    assert scene_contexts(scenes, ["striped blue"]) == ["{} circle"]
-    assert scene_contexts(scenes, ["star", "circle"]) == []  # 'solid red {}' and 'striped red {}' are not shared
-    assert scene_contexts(["striped red circle", "striped blue circle"], ["red", "blue"]) == ["striped {} circle"]
-    assert scene_contexts(scenes, ["green"]) == []
+    assert scene_contexts(scenes, ["red"]) == {"red": ["striped {} circle", "solid {} star", "a {} Hat"]}  # words, once
+    assert scene_contexts(scenes, ["striped blue"]) == {"striped blue": ["{} circle"]}
+    assert scene_contexts(scenes, ["star", "circle"]) == {"star": ["solid red {}", "solid blue {}"],
+                                                          "circle": ["striped red {}", "striped blue {}"]}
+    assert scene_contexts(scenes, ["green"]) == {}
+    # one option for the erasure: shared contexts when every concept has the same, else each concept its own
+    assert recommended_contexts(["striped red circle", "striped blue circle"], ["red", "blue"]) == \
+        {"contexts": ["striped {} circle"]}
+    assert recommended_contexts(scenes, ["green"]) == {"contexts": []}
+    assert recommended_contexts(scenes, ["red", "green"]) == \
+        {"concept_contexts": {"red": ["striped {} circle", "solid {} star", "a {} Hat"]}}
+    assert scene_contexts(scenes, ["red", "star"])["red"] == ["striped {} circle", "a {} Hat"]  # not 'solid red star'
 
     settings = json.loads((recommending_base / "esd_lora.json").read_text())
     settings["erase"].pop("contexts")
@@ -413,6 +420,16 @@ def test_scene_contexts_put_the_slot_where_the_concept_was(tmp_path, recommendin
     assert make_config(recommending_base, "red").contexts == ["striped {} circle", "solid {} star", "a {} Hat"]
     assert make_config(recommending_base, "red", contexts=["a {} toy"]).contexts == ["a {} toy"]  # explicit wins
     assert make_config(recommending_base, "red", contexts=[]).contexts == []  # --no-contexts
+    # a colour and a shape: each in its own scenes, less those naming both ("solid red star" toward "solid star"
+    # would teach star back)
+    mixed = make_config(recommending_base, ["red", "star"])
+    assert mixed.contexts == [] and mixed.concept_contexts == {"red": ["striped {} circle", "a {} Hat"],
+                                                               "star": ["solid blue {}"]}
+    assert ("striped red circle", "striped circle") in mixed.targets() and ("solid blue star", "solid blue") in \
+        mixed.targets()
+    assert not any("star" in (toward or "") or "red" in (toward or "") for _, toward in mixed.targets())
+    no_scenes = make_config(recommending_base, ["red", "star"], contexts=[])  # --no-contexts: no scenes at all
+    assert (no_scenes.contexts, no_scenes.concept_contexts) == ([], {})
     # a recommendation that does not go with an explicit option gives way to it
     assert make_config(recommending_base, "red", adversarial_every=2).contexts == []
     settings["erase"]["preserve_text_weight"] = 3.0
@@ -431,7 +448,11 @@ def test_the_bundled_base_recommends_its_scenes_as_contexts():
     assert len(star.contexts) == 4 * 4 and "checkered green {}" in star.contexts  # every colour x pattern
     assert (red.method, red.eta, red.preserve_text_weight) == ("esd-x-strict", 0.5, 10.0)
     assert "red" not in red.preserve and len(red.preserve) == 12
-    assert make_config("bundled", ["red", "star"]).contexts == []  # a colour and a shape share no contexts
+    mixed = make_config("bundled", ["red", "star"])  # a colour and a shape share no contexts: each gets its own,
+    assert mixed.contexts == []  # less the scenes of red stars
+    assert mixed.concept_contexts == {"red": [c for c in red.contexts if not c.endswith(" star")],
+                                      "star": [c for c in star.contexts if " red " not in c]}
+    assert (len(mixed.concept_contexts["red"]), len(mixed.concept_contexts["star"])) == (16, 12)
 
 
 def test_a_base_recommends_settings_for_some_concepts(recommending_base):
@@ -514,6 +535,7 @@ def test_cli_says_which_recommended_settings_it_uses_and_turns_them_off(recommen
     said = capsys.readouterr().out
     assert "preserve=" not in said and "contexts=" not in said
     assert _brief(list("abcdef")) == "['a', 'b', 'c', 'd', ... 6 in all]" and _brief([1, 2]) == "[1, 2]"
+    assert _brief({"red": list("abcdef"), "star": ["x"]}) == "{'red': ['a', 'b', 'c', 'd', ... 6 in all], 'star': ['x']}"
 
 
 def test_gradient_checkpointing_recomputes_the_same_training_and_is_undone(sd1_pipe, monkeypatch):

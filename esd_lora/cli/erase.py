@@ -110,7 +110,9 @@ def run(args) -> int:
 
 
 def _brief(value, most: int = 4) -> str:
-    """A recommended value for one line: a long list as its first items and its length."""
+    """A recommended value for one line: a long list as its first items and its length (in a dict too)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key!r}: {_brief(item, most)}" for key, item in value.items()) + "}"
     if isinstance(value, list) and len(value) > most:
         return f"[{', '.join(map(repr, value[:most]))}, ... {len(value)} in all]"
     return str(value)
