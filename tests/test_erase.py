@@ -535,7 +535,8 @@ def test_cli_says_which_recommended_settings_it_uses_and_turns_them_off(recommen
     said = capsys.readouterr().out
     assert "preserve=" not in said and "contexts=" not in said
     assert _brief(list("abcdef")) == "['a', 'b', 'c', 'd', ... 6 in all]" and _brief([1, 2]) == "[1, 2]"
-    assert _brief({"red": list("abcdef"), "star": ["x"]}) == "{'red': ['a', 'b', 'c', 'd', ... 6 in all], 'star': ['x']}"
+    assert _brief({"red": list("abcdef"), "star": ["x"]}) == \
+        "{'red': ['a', 'b', 'c', 'd', ... 6 in all], 'star': ['x']}"
 
 
 def test_gradient_checkpointing_recomputes_the_same_training_and_is_undone(sd1_pipe, monkeypatch):

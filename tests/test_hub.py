@@ -79,7 +79,8 @@ def test_push_uploads_adapter_card_and_evaluation_with_lfs(hub, sd1_adapter, rep
      "| preservation | weight 1, at x_t of the preserved prompts' own trajectories |"),
     ({}, "| key / value preservation | - |"),
     ({"preserve": ["blue"], "preserve_text_weight": 10.0}, "| key / value preservation | weight 10 |"),
-    ({"concept_contexts": {"red": ["a {} star", "{} shape"]}}, "| contexts of one concept | red: a {} star, {} shape |"),
+    ({"concept_contexts": {"red": ["a {} star", "{} shape"]}},
+     "| contexts of one concept | red: a {} star, {} shape |"),
 ])
 def test_the_card_says_how_the_preservation_term_was_applied(tiny_dirs, options, row):
     from esd_lora.cards import adapter_card
