@@ -84,7 +84,7 @@ def options_for(setting: str, concept: str, extra: dict | None = None) -> dict:
     if isinstance(options.get("preserve"), str) and options["preserve"] in named:
         options["preserve"] = named[options["preserve"]]
     if options.get("contexts") == "world":  # the concept in every scene ("striped {} circle" erasing a colour)
-        options["contexts"] = scene_contexts([phrase for phrase, _ in scenes()], [concept])
+        options["contexts"] = scene_contexts([phrase for phrase, _ in scenes()], [concept]).get(concept, [])
     return options
 
 
