@@ -452,8 +452,8 @@ def recommended_contexts(scenes: list[str], concepts: list[str]) -> dict:
     whose slots are a colour and a shape)."""
     found = scene_contexts(scenes, concepts)
     per_concept = [found.get(c, []) for c in concepts]
-    if all(contexts == per_concept[0] for contexts in per_concept):
-        return {"contexts": per_concept[0]}
+    if all(contexts == per_concept[0] for contexts in per_concept):  # also no concept: EraseConfig says so
+        return {"contexts": per_concept[0] if per_concept else []}
     return {"concept_contexts": found}
 
 

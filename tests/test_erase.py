@@ -6,7 +6,7 @@ import torch
 
 import esd_lora
 from esd_lora.erase import frozen, target_modules
-from esd_lora.errors import ConfigError, NonFiniteLossError, NotAPipelineError
+from esd_lora.errors import ConfigError, EmptyConceptError, NonFiniteLossError, NotAPipelineError
 from esd_lora.families import family_of, load_pipeline
 
 # What each method must put LoRA layers on, for the tiny SD 1.x UNet of tests/tiny_models.py.
@@ -409,6 +409,8 @@ def test_scene_contexts_put_the_slot_where_the_concept_was(tmp_path, recommendin
     assert recommended_contexts(["striped red circle", "striped blue circle"], ["red", "blue"]) == \
         {"contexts": ["striped {} circle"]}
     assert recommended_contexts(scenes, ["green"]) == {"contexts": []}
+    with pytest.raises(EmptyConceptError, match="no concept given"):  # not an IndexError from the scenes
+        make_config("bundled", [])
     assert recommended_contexts(scenes, ["red", "green"]) == \
         {"concept_contexts": {"red": ["striped {} circle", "solid {} star", "a {} Hat"]}}
     assert scene_contexts(scenes, ["red", "star"])["red"] == ["striped {} circle", "a {} Hat"]  # not 'solid red star'
