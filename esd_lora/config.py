@@ -126,9 +126,7 @@ class EraseConfig:
         self.preserve = [_clean_concept(p, what="preserve prompt") for p in self.preserve]
         if self.erase_from is not None:
             self.erase_from = _clean_concept(self.erase_from, what="erase_from prompt")
-        if isinstance(self.contexts, str):
-            self.contexts = [self.contexts]
-        self.contexts = [_clean_context(c) for c in self.contexts]
+        self.contexts = _clean_contexts(self.contexts)
         if not isinstance(self.concept_contexts, dict):
             raise ConfigError(f"concept_contexts must map erased concepts to lists of contexts, e.g. "
                               f"{{'red': ['striped {{}} star']}}, got {self.concept_contexts!r}")
@@ -138,7 +136,7 @@ class EraseConfig:
             if name not in self.concepts:
                 raise ConfigError(f"concept_contexts names {name!r}, which is not erased (the erased concepts: "
                                   f"{', '.join(self.concepts)}): give contexts for erased concepts only")
-            cleaned[name] = [_clean_context(c) for c in ([contexts] if isinstance(contexts, str) else contexts)]
+            cleaned[name] = _clean_contexts(contexts)
         self.concept_contexts = cleaned
         if self.sample_with not in SAMPLERS:
             raise ConfigError(f"sample_with must be one of {', '.join(SAMPLERS)}, got {self.sample_with!r}")
@@ -213,6 +211,15 @@ def positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def _clean_contexts(value: Any) -> list[str]:
+    """A context or a list of them, each checked (:func:`_clean_context`)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"contexts must be a list of prompts with {{}} where the concept goes, got {value!r}")
+    return [_clean_context(c) for c in value]
 
 
 def _clean_context(text: Any) -> str:

@@ -383,13 +383,17 @@ def make_config(base, concepts, config: EraseConfig | None = None, **options) ->
     return EraseConfig(**{**start, **options, "concepts": concepts})
 
 
+CONTEXT_OPTIONS = frozenset({"contexts", "concept_contexts"})
+"""The options that set contexts: either one, given or recommended, turns the base's scenes off."""
+
+
 def recommended_start(base, concepts, options: dict) -> tuple[dict, Path | None, list[str] | None]:
     """What the base's recommendations give an erasure of ``concepts`` before ``options`` apply, the file they come
     from, and the names of the ``by_concept`` group whose settings were added (None when none applies): its
     options, with those of the group that names every erased concept on top, ``anchors`` made the preserved prompts
     and ``scenes`` the contexts (shared, or each concept's own: :func:`recommended_contexts`; unless ``options`` or
-    the group set contexts), less any recommendation an explicit
-    option makes invalid (the file suits the base's defaults)."""
+    the group set contexts), less any recommendation an explicit option makes invalid (the file suits the base's
+    defaults)."""
     start, path = recommended_options(base)
     anchors, scenes = start.pop("anchors", []), start.pop("scenes", [])
     erased = [concepts] if isinstance(concepts, str) else list(concepts)
@@ -400,14 +404,14 @@ def recommended_start(base, concepts, options: dict) -> tuple[dict, Path | None,
         raise ConfigError(f"{path} recommends unknown option(s) {', '.join(sorted(unknown))}: fix the file")
     if anchors and "preserve" not in options and "preserve" not in start:
         start["preserve"] = default_anchors(anchors, erased)
-    if scenes and not {"contexts", "concept_contexts"} & (set(options) | set(start)):
+    if scenes and not CONTEXT_OPTIONS & (set(options) | set(start)):
         start.update(recommended_contexts(scenes, erased))
     chosen = {**start, **options}
     if chosen.get("method") == "esd-u" and "preserve_text_weight" not in options:
         start.pop("preserve_text_weight", None)  # it holds cross-attention, which esd-u does not train
-    if chosen.get("adversarial_every") and not {"contexts", "concept_contexts"} & set(options):
-        start.pop("contexts", None)  # not combined with adversarial erasure yet
-        start.pop("concept_contexts", None)
+    if chosen.get("adversarial_every") and not CONTEXT_OPTIONS & set(options):
+        for name in CONTEXT_OPTIONS:  # not combined with adversarial erasure yet
+            start.pop(name, None)
     return start, path, group["concepts"] if group else None
 
 

@@ -44,6 +44,7 @@ def test_defaults_and_normalisation():
     ({"concepts": ["x"], "concept_contexts": ["a {} car"]}, ConfigError, "must map erased concepts to lists"),
     ({"concepts": ["x"], "concept_contexts": {"y": ["a {} car"]}}, ConfigError, "names 'y', which is not erased"),
     ({"concepts": ["x"], "concept_contexts": {"x": ["a car"]}}, ConfigError, "must hold {} once"),
+    ({"concepts": ["x"], "concept_contexts": {"x": 3}}, ConfigError, "contexts must be a list of prompts"),
     ({"concepts": ["x"], "concept_contexts": {"x": ["a {} car"]}, "adversarial_every": 2}, ConfigError,
      "contexts and adversarial erasure cannot be combined"),
     ({"concepts": ["x"], "contexts": ["{} and {}"]}, ConfigError, "must hold {} once"),
